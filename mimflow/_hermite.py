@@ -1,0 +1,141 @@
+"""Orthonormal Hermite polynomials, Hermite tensors and Gauss–Hermite grids.
+
+Conventions (DESIGN §1): `h_n = He_n / √(n!)`; for a multi-index `α`,
+`h_α(z) = Π_i h_{α_i}(z_i)`; the orthonormal Hermite tensor `H_j(z)` has entries
+`H_j(z)[t] = √(α(t)!/j!) · h_{α(t)}(z)`, where `α(t)` counts how often each
+coordinate appears in the index tuple `t`. A symmetric tensor `T_j` and the
+coefficients `c_α = ⟨f, h_α⟩` of `⟨T_j, H_j(z)⟩` are related by
+`c_α = √(α!/j!) Σ_{t: α(t)=α} T_j[t]` (which also symmetrises `T_j`) and
+`T_j[t] = √(α(t)!/j!) · c_{α(t)}`.
+"""
+
+import functools
+import itertools
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+
+def hermite_1d(degree: int, x: Float[ArrayLike, "*batch"]) -> Float[Array, "*batch degree+1"]:
+    """The orthonormal Hermite polynomials `h_0(x), …, h_degree(x)`.
+
+    Uses the three-term recurrence `h_{n+1} = (x h_n − √n h_{n−1}) / √(n+1)`.
+
+    **Arguments:**
+    - `degree`: the largest degree `D ≥ 0`.
+    - `x`: points, any shape `(*batch,)`.
+
+    **Returns:** an array of shape `(*batch, D + 1)`.
+    """
+    x = jnp.asarray(x)
+    values = [jnp.ones_like(x)]
+    if degree >= 1:
+        values.append(x)
+    for n in range(1, degree):
+        values.append((x * values[n] - math.sqrt(n) * values[n - 1]) / math.sqrt(n + 1))
+    return jnp.stack(values, axis=-1)
+
+
+@functools.cache
+def multi_indices(dim: int, degree: int) -> np.ndarray:
+    """All multi-indices `α ∈ ℕ^dim` with `|α| = degree`, shape `(count, dim)`,
+    in lexicographically decreasing order (`(j, 0, …)` first)."""
+    rows = [
+        alpha
+        for alpha in itertools.product(range(degree, -1, -1), repeat=dim)
+        if sum(alpha) == degree
+    ]
+    return np.array(rows, dtype=np.int64).reshape(len(rows), dim)
+
+
+@functools.cache
+def _tuple_map(dim: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every index tuple of a `dim^degree` tensor (in C order): the row of its
+    multi-index in `multi_indices(dim, degree)`, and the factor `√(α!/j!)` of each row."""
+    alphas = multi_indices(dim, degree)
+    row_of = {tuple(a): i for i, a in enumerate(alphas)}
+    tuples = itertools.product(range(dim), repeat=degree)
+    rows = np.array(
+        [row_of[tuple(np.bincount(np.array(t, dtype=np.int64), minlength=dim))] for t in tuples],
+        dtype=np.int64,
+    )
+    fact = np.array([math.prod(math.factorial(a) for a in alpha) for alpha in alphas])
+    scale = np.sqrt(fact / math.factorial(degree))
+    return rows, scale
+
+
+def tensor_to_coefficients(tensor: Float[ArrayLike, "..."], dim: int) -> Float[Array, " count"]:
+    """Hermite coefficients `c_α` (rows of `multi_indices`) of `⟨T, H_j(z)⟩`.
+
+    Non-symmetric tensors are symmetrised implicitly.
+    """
+    tensor = jnp.asarray(tensor)
+    degree = tensor.ndim
+    rows, scale = _tuple_map(dim, degree)
+    sums = jnp.zeros(len(scale), tensor.dtype).at[rows].add(tensor.reshape(-1))
+    return scale * sums
+
+
+def coefficients_to_tensor(coefficients: Float[ArrayLike, " count"], dim: int, degree: int) -> Float[Array, "..."]:
+    """The symmetric tensor `T_j` with `⟨T_j, H_j(z)⟩ = Σ_α c_α h_α(z)`."""
+    rows, scale = _tuple_map(dim, degree)
+    coefficients = jnp.asarray(coefficients)
+    return (scale * coefficients)[rows].reshape((dim,) * degree)
+
+
+def symmetrize(tensor: Float[ArrayLike, "..."], dim: int) -> Float[Array, "..."]:
+    """The orthogonal projection of a tensor onto the symmetric tensors."""
+    tensor = jnp.asarray(tensor)
+    return coefficients_to_tensor(tensor_to_coefficients(tensor, dim), dim, tensor.ndim)
+
+
+def hermite_basis(
+    dim: int, degree: int, z: Float[ArrayLike, "*batch dim"], table: Float[Array, "*batch dim D"] | None = None
+) -> Float[Array, "*batch count"]:
+    """`h_α(z)` for every `α` in `multi_indices(dim, degree)`; `table` optionally
+    holds `hermite_1d(D, z)` for some `D ≥ degree`, computed once by the caller."""
+    if table is None:
+        table = hermite_1d(degree, z)
+    alphas = multi_indices(dim, degree)
+    return jnp.prod(table[..., np.arange(dim)[None, :], alphas], axis=-1)
+
+
+def evaluate_coefficients(
+    coefficients: dict[int, Float[Array, " count"]], dim: int, z: Float[ArrayLike, "*batch dim"]
+) -> Float[Array, "*batch"]:
+    """`Σ_j Σ_{|α|=j} c_α h_α(z)` for `z` of shape `(*batch, dim)`."""
+    z = jnp.asarray(z)
+    table = hermite_1d(max(coefficients), z)  # (*batch, dim, D + 1)
+    return sum(hermite_basis(dim, j, z, table) @ c for j, c in coefficients.items())
+
+
+def apply_each(matrix: Float[Array, "a b"], tensor: Float[Array, "..."], skip_first: bool = False) -> Float[Array, "..."]:
+    """Apply `matrix` on every index of `tensor` (on every index but the first if
+    `skip_first`): `(A^{⊗j} T)[i_1…i_j] = Σ_l A[i_1,l_1] … A[i_j,l_j] T[l_1…l_j]`."""
+    axis = 1 if skip_first else 0
+    for _ in range(tensor.ndim - axis):
+        tensor = jnp.tensordot(tensor, matrix, axes=([axis], [1]))
+    return tensor
+
+
+@functools.cache
+def gauss_hermite(num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Gauss–Hermite nodes and weights for the standard normal `N(0, 1)`.
+
+    Exact for polynomials of degree `≤ 2·num_nodes − 1`; the weights sum to one.
+    """
+    nodes, weights = np.polynomial.hermite_e.hermegauss(num_nodes)
+    return nodes, weights / math.sqrt(2.0 * math.pi)
+
+
+def gauss_hermite_grid(dim: int, num_nodes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tensor-product Gauss–Hermite grid for `N(0, I_dim)`: points `(num_nodes^dim, dim)`
+    and weights `(num_nodes^dim,)`."""
+    nodes, weights = gauss_hermite(num_nodes)
+    points = np.stack(np.meshgrid(*([nodes] * dim), indexing="ij"), axis=-1).reshape(-1, dim)
+    grid_weights = np.prod(
+        np.stack(np.meshgrid(*([weights] * dim), indexing="ij"), axis=-1).reshape(-1, dim), axis=-1
+    )
+    return points, grid_weights

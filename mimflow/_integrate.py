@@ -1,0 +1,236 @@
+"""Integration of the reduced dynamics with diffrax, and escape times (DESIGN §2, §5a)."""
+
+import enum
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from ._checks import check_range, is_concrete
+from ._link import Link
+from ._overlap import principal_cosines
+from ._reduced import AbstractProblem, ProblemName, make_problem
+
+
+class Status(enum.IntEnum):
+    """Per-trajectory outcome, stored in `Trajectory.status`."""
+
+    SUCCESS = 0
+    """Reached `t1`."""
+    MAX_STEPS = 1
+    """Ran out of steps: saves after the last step reached hold `nan`."""
+    SOLVER_FAILED = 2
+    """The solver failed (e.g. the implicit solve or the step size broke down)."""
+    NON_FINITE = 3
+    """The state became non-finite."""
+
+
+class Trajectory(eqx.Module):
+    """The result of a simulation, saved on a log-spaced time grid.
+
+    **Fields** (`n` saves, `p = min(k, r)`; a leading batch axis under `vmap`):
+    - `ts`: `(n,)` save times, `0` then log-spaced up to `t1`.
+    - `overlap`: `(n, k, r)` the overlap `M(t) = W*ᵀ W(t)`.
+    - `loss`: `(n,)` the population loss.
+    - `singular_values`: `(n, p)` singular values of `M(t)`, largest first.
+    - `status`: `()` a `Status` code; `num_steps`: `()` accepted and rejected steps.
+    - `problem`, `solver`, `stepsize_controller`, `max_steps`: what produced it
+      (used by `escape_times` to locate crossings between saves).
+    """
+
+    ts: Float[Array, " n"]
+    overlap: Float[Array, "n k r"]
+    loss: Float[Array, " n"]
+    singular_values: Float[Array, "n p"]
+    status: Int[Array, ""]
+    num_steps: Int[Array, ""]
+    problem: AbstractProblem
+    solver: diffrax.AbstractSolver = eqx.field(static=True)
+    stepsize_controller: diffrax.AbstractStepSizeController = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+
+    @property
+    def succeeded(self) -> jax.Array:
+        """`status == Status.SUCCESS`, elementwise over a batch."""
+        return self.status == Status.SUCCESS
+
+
+def save_times(t1: float | Float[Array, ""], num_saves: int, t_min: float) -> Float[Array, " num_saves"]:
+    """`[0, t_min, …, t1]`: zero, then `num_saves − 1` log-spaced times."""
+    t1 = jnp.asarray(t1, dtype=float)
+    return jnp.concatenate([jnp.zeros(1, t1.dtype), jnp.logspace(jnp.log10(t_min), jnp.log10(t1), num_saves - 1)])
+
+
+def _default_tolerances(dtype: jnp.dtype) -> tuple[float, float]:
+    return (1e-8, 1e-11) if dtype == jnp.float64 else (1e-5, 1e-8)
+
+
+def _term() -> diffrax.ODETerm:
+    return diffrax.ODETerm(lambda t, y, problem: problem.vector_field(y))
+
+
+def _status(result: diffrax.RESULTS, finite: Array) -> Array:
+    code = jnp.where(
+        result == diffrax.RESULTS.successful,
+        Status.SUCCESS,
+        jnp.where(result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.SOLVER_FAILED),
+    )
+    return jnp.where(finite, code, Status.NON_FINITE)
+
+
+@eqx.filter_jit
+def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoint) -> Trajectory:
+    sol = diffrax.diffeqsolve(
+        _term(),
+        solver,
+        ts[0],
+        ts[-1],
+        None,
+        overlap0,
+        args=problem,
+        saveat=diffrax.SaveAt(ts=ts),
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps,
+        adjoint=adjoint,
+        throw=False,
+    )
+    saved = jnp.isfinite(sol.ys).all(axis=(-1, -2))
+    overlap = jnp.where(saved[:, None, None], sol.ys, jnp.nan)
+    safe = jnp.where(saved[:, None, None], sol.ys, 0.0)
+    loss = jnp.where(saved, jax.vmap(problem.loss)(safe), jnp.nan)
+    singular = jnp.where(saved[:, None], principal_cosines(safe), jnp.nan)
+    reached = sol.result == diffrax.RESULTS.successful
+    finite = jnp.where(reached, saved.all(), True) & jnp.isfinite(overlap0).all()
+    return Trajectory(
+        ts=ts,
+        overlap=overlap,
+        loss=loss,
+        singular_values=singular,
+        status=_status(sol.result, finite),
+        num_steps=sol.stats["num_steps"],
+        problem=problem,
+        solver=solver,
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps,
+    )
+
+
+def simulate_reduced(
+    link: Link | AbstractProblem,
+    M0: Float[ArrayLike, "k r"],
+    t1: float,
+    problem: ProblemName | AbstractProblem = "two-timescale",
+    *,
+    ridge: float = 0.0,
+    rho: float = 1.0,
+    num_saves: int = 256,
+    t_min: float = 1e-2,
+    solver: diffrax.AbstractSolver | None = None,
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    max_steps: int = 16384,
+    adjoint: diffrax.AbstractAdjoint | None = None,
+) -> Trajectory:
+    """Integrate the reduced dynamics of `M` from `M0` to `t1` (DESIGN §2–§3).
+
+    The flow spans `O(1)` to `d^{s−1}` and, once converged, is stiff with `O(1)`
+    decay rates (DESIGN §5a); the default is therefore an implicit solver
+    (`diffrax.Kvaerno5`) with a PID controller, so long horizons (`t1 = 10⁸`) stay
+    cheap. Failures never raise: they are reported in `Trajectory.status`, and what
+    was computed before them is kept. Works under `jax.vmap` over `M0` (and so over
+    `d` through `sample_overlap`).
+
+    **Arguments:**
+    - `link`: the target `Link` (or a problem object such as `TwoTimescale`).
+    - `M0`: `(k, r)` initial overlap, e.g. from `sample_overlap`.
+    - `t1`: final time, `t1 > t_min`.
+    - `problem`: `"two-timescale"` or `"planted"`; `ridge`, `rho`: ridge shrinkage
+      (two-timescale only), see `TwoTimescale`.
+    - `num_saves`, `t_min`: saves at `0` and `num_saves − 1` log-spaced times in `[t_min, t1]`.
+    - `solver`, `stepsize_controller`: any diffrax solver and controller; default
+      `Kvaerno5()` and `PIDController(rtol, atol)` with `(1e-8, 1e-11)` in float64,
+      `(1e-5, 1e-8)` in float32.
+    - `max_steps`: step budget; `adjoint`: diffrax adjoint for gradients (default
+      `RecursiveCheckpointAdjoint`).
+
+    **Example:**
+    ```python
+    M0 = mimflow.sample_overlap(key, 1000.0, 2, 2)
+    traj = mimflow.simulate_reduced(mimflow.links.staircase(2), M0, 1e3)
+    mimflow.escape_times(traj)  # one time per direction
+    ```
+    """
+    prob = make_problem(link, problem, ridge=ridge, rho=rho)
+    prob.check_overlap(M0, "M0")
+    if is_concrete(t1):
+        check_range("t_min", t_min, low=0.0, low_open=True)
+        check_range("t1", t1, low=t_min, low_open=True)
+    if not isinstance(num_saves, int) or num_saves < 2:
+        raise ValueError(f"`num_saves` must be an integer ≥ 2, got {num_saves!r}")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be an integer ≥ 1, got {max_steps!r}")
+    M0 = jnp.asarray(M0, dtype=float)
+    rtol, atol = _default_tolerances(M0.dtype)
+    solver = diffrax.Kvaerno5() if solver is None else solver
+    if stepsize_controller is None:
+        stepsize_controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+    ts = save_times(t1, num_saves, t_min)
+    return _solve(prob, M0, ts, solver, stepsize_controller, max_steps, adjoint)
+
+
+def _crossing(trajectory: Trajectory, index: Int[Array, ""], threshold: float) -> Float[Array, ""]:
+    """First time the `index`-th singular value reaches `threshold`: bracketed on the
+    save grid, then located by re-integrating from the save before it with an event
+    on `det(A − threshold² I)`, `A = M Mᵀ` or `Mᵀ M` (whichever is `p × p`), which
+    changes sign when a singular value crosses `threshold` and is smooth in `M`
+    (a singular value is not, where two meet)."""
+    ts, values = trajectory.ts, trajectory.singular_values[:, index]
+    above = jnp.nan_to_num(values, nan=-jnp.inf) >= threshold
+    first = jnp.argmax(above)
+    left = jnp.maximum(first - 1, 0)
+    tol = 1e-12 if ts.dtype == jnp.float64 else 1e-6
+
+    def distance(t, y, args, **kwargs):
+        gram = y @ y.T if y.shape[0] <= y.shape[1] else y.T @ y
+        return jnp.linalg.det(gram - threshold**2 * jnp.eye(gram.shape[0], dtype=gram.dtype))
+
+    sol = diffrax.diffeqsolve(
+        _term(),
+        trajectory.solver,
+        ts[left],
+        jnp.where(first > 0, ts[first], ts[left] + 1.0),
+        None,
+        jnp.nan_to_num(trajectory.overlap[left]),
+        args=trajectory.problem,
+        saveat=diffrax.SaveAt(t1=True),
+        stepsize_controller=trajectory.stepsize_controller,
+        event=diffrax.Event(distance, root_finder=optx.Newton(rtol=tol, atol=tol)),
+        max_steps=trajectory.max_steps,
+        throw=False,
+    )
+    refined = jnp.clip(sol.ts[-1], ts[left], ts[first])
+    return jnp.where(above.any(), jnp.where(first > 0, refined, ts[0]), jnp.inf)
+
+
+@eqx.filter_jit
+def escape_times(trajectory: Trajectory, threshold: float = 0.5) -> Float[Array, " p"]:
+    """Per direction `i` (singular values of `M` sorted largest first), the first time
+    the `i`-th singular value of `M(t)` passes `threshold` (½: the direction counts as
+    learned); `inf` where it never does within the trajectory.
+
+    The crossing is located to solver accuracy, not at the nearest save: the flow is
+    re-integrated from the save just before it with an event and a root find.
+    Accepts a batch of trajectories (any leading axes) from `vmap`.
+
+    **Returns:** `(p,)` times, or `(*batch, p)`.
+    """
+    batch = trajectory.ts.ndim - 1
+    single = lambda traj: jax.vmap(lambda i: _crossing(traj, i, threshold))(
+        jnp.arange(traj.singular_values.shape[-1])
+    )
+    for _ in range(batch):
+        single = eqx.filter_vmap(single)
+    return single(trajectory)

@@ -1,0 +1,188 @@
+"""Reduced losses and vector fields on the overlap `M = W*ᵀ W` (DESIGN §2–§3).
+
+Both problems are written with two tensor contractions of the link's tensors:
+- the correlation `C(A) = Σ_j w_j ⟨T_j, A^{⊗j} T_j⟩ = E[f(u) f(v)]` for `(u, v)`
+  jointly Gaussian with cross-covariance `A`;
+- its gradient `∇_A C(A) = 2B(A)` for symmetric `A` (two-timescale, `A = G`) and
+  `∇_A C(A) = B(A)` for the planted problem (`A = M`), with
+  `B(A) = Σ_j w_j · j · T_j(1) (A^{⊗(j−1)} T_j)(1)ᵀ`.
+"""
+
+from typing import Literal
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._checks import check_finite, check_range, is_concrete
+from ._hermite import apply_each
+from ._link import Link
+
+ProblemName = Literal["two-timescale", "planted"]
+
+
+def _correlation(link: Link, weights: dict[int, Array], matrix: Float[Array, "k k"]) -> Float[Array, ""]:
+    return sum(weights[j] * jnp.sum(t * apply_each(matrix, t)) for j, t in link.tensors.items())
+
+
+def _b_matrix(link: Link, weights: dict[int, Array], matrix: Float[Array, "k k"]) -> Float[Array, "k k"]:
+    k = link.dim
+    total = jnp.zeros((k, k), matrix.dtype)
+    for j, t in link.tensors.items():
+        if j == 0:
+            continue
+        rest = apply_each(matrix, t, skip_first=True)
+        total = total + weights[j] * j * t.reshape(k, -1) @ rest.reshape(k, -1).T
+    return total
+
+
+class AbstractProblem(eqx.Module):
+    """A reduced learning problem: a loss and a vector field on the overlap `M`
+    of shape `(k, r)`, which together with `M(0)` determine the whole dynamics."""
+
+    link: eqx.AbstractVar[Link]
+
+    def loss(self, overlap: Float[Array, "k r"]) -> Float[Array, ""]:
+        """The population loss as a function of `M`."""
+        raise NotImplementedError
+
+    def vector_field(self, overlap: Float[Array, "k r"]) -> Float[Array, "k r"]:
+        """`Ṁ` under the problem's gradient flow."""
+        raise NotImplementedError
+
+    def check_overlap(self, overlap: ArrayLike, name: str = "M") -> None:
+        """Raise a `ValueError` naming `name` if `overlap` is not a finite `(k, r)` matrix."""
+        shape = jnp.shape(overlap)
+        if len(shape) != 2 or shape[0] != self.link.dim or shape[1] < 1:
+            raise ValueError(f"`{name}` must have shape (k, r) = ({self.link.dim}, r) for this link, got shape {shape}")
+        check_finite(name, overlap)
+
+
+class TwoTimescale(AbstractProblem):
+    """The two-timescale problem (DESIGN §2): the link is refitted at every `W`, so
+    `ℒ(G) = ½(‖f*‖² − Σ_j s_j ⟨T_j, G^{⊗j} T_j⟩)` with `G = M Mᵀ`.
+
+    With a kernel ridge fit of eigenvalues `q_j = ρ^j` (Mehler kernel) and ridge
+    `μ`, `s_j = q_j / (q_j + μ)` and `ℒ` is the fit's value function; `μ = 0` gives
+    the exact conditional expectation (`s_j = 1`). `r ≠ k` is allowed.
+    """
+
+    link: Link
+    ridge: Float[Array, ""]
+    rho: Float[Array, ""]
+
+    def __init__(self, link: Link, ridge: float = 0.0, rho: float = 1.0):
+        check_range("ridge", ridge, low=0.0)
+        check_range("rho", rho, low=0.0, high=1.0, low_open=True)
+        self.link = link
+        self.ridge = jnp.asarray(ridge, dtype=float)
+        self.rho = jnp.asarray(rho, dtype=float)
+
+    def shrinkage(self) -> dict[int, Float[Array, ""]]:
+        """`{j: s_j = q_j / (q_j + μ)}` with `q_j = ρ^j`."""
+        return {j: self.rho**j / (self.rho**j + self.ridge) for j in self.link.tensors}
+
+    def B(self, gram: Float[Array, "k k"]) -> Float[Array, "k k"]:
+        """`B(G) = Σ_j s_j · j · T_j(1) G^{⊗(j−1)} T_j(1)ᵀ ⪰ 0`, so `∂ℒ/∂G = −½ B(G)`."""
+        return _b_matrix(self.link, self.shrinkage(), gram)
+
+    def loss(self, overlap: Float[Array, "k r"]) -> Float[Array, ""]:
+        """`ℒ(G) = ½(‖f*‖² − Σ_j s_j ⟨T_j, G^{⊗j} T_j⟩)`, `G = M Mᵀ`."""
+        gram = overlap @ overlap.T
+        return 0.5 * (self.link.norm2() - _correlation(self.link, self.shrinkage(), gram))
+
+    def vector_field(self, overlap: Float[Array, "k r"]) -> Float[Array, "k r"]:
+        """`Ṁ = (I_k − G) B(G) M` (the Grassmann gradient flow, exact at every `d`)."""
+        gram = overlap @ overlap.T
+        return (jnp.eye(self.link.dim, dtype=gram.dtype) - gram) @ self.B(gram) @ overlap
+
+
+class Planted(AbstractProblem):
+    """The planted problem (DESIGN §3): the link is known and fixed, `r = k`, and
+    `L_pl(M) = ‖f*‖² − Σ_j ⟨T_j, M^{⊗j} T_j⟩`, flowed on the Stiefel manifold with
+    the embedded metric."""
+
+    link: Link
+
+    def check_overlap(self, overlap: ArrayLike, name: str = "M") -> None:
+        super().check_overlap(overlap, name)
+        if jnp.shape(overlap)[1] != self.link.dim:
+            raise ValueError(f"the planted problem needs r = k = {self.link.dim}, got `{name}` of shape {jnp.shape(overlap)}")
+
+    def gradient(self, overlap: Float[Array, "k k"]) -> Float[Array, "k k"]:
+        """`Γ = ∇_M L_pl = −Σ_j j · T_j(1) (M^{⊗(j−1)} T_j)(1)ᵀ`."""
+        return -_b_matrix(self.link, _ones(self.link), overlap)
+
+    def loss(self, overlap: Float[Array, "k k"]) -> Float[Array, ""]:
+        """`L_pl(M) = ‖f*‖² − Σ_j ⟨T_j, M^{⊗j} T_j⟩`."""
+        return self.link.norm2() - _correlation(self.link, _ones(self.link), overlap)
+
+    def vector_field(self, overlap: Float[Array, "k k"]) -> Float[Array, "k k"]:
+        """`Ṁ = −Γ + ½ M (MᵀΓ + ΓᵀM)`."""
+        grad = self.gradient(overlap)
+        return -grad + 0.5 * overlap @ (overlap.T @ grad + grad.T @ overlap)
+
+
+def _ones(link: Link) -> dict[int, float]:
+    return dict.fromkeys(link.tensors, 1.0)
+
+
+def make_problem(
+    link: Link | AbstractProblem,
+    problem: ProblemName | AbstractProblem = "two-timescale",
+    *,
+    ridge: float = 0.0,
+    rho: float = 1.0,
+) -> AbstractProblem:
+    """The problem object for `link`: `TwoTimescale(link, ridge, rho)` or `Planted(link)`.
+
+    A problem object passed as `link` or `problem` is returned unchanged.
+    """
+    if isinstance(link, AbstractProblem):
+        return link
+    if isinstance(problem, AbstractProblem):
+        return problem
+    if not isinstance(link, Link):
+        raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
+    if problem == "two-timescale":
+        return TwoTimescale(link, ridge, rho)
+    if problem == "planted":
+        if not is_concrete((ridge, rho)) or ridge != 0.0 or rho != 1.0:
+            raise ValueError(f"ridge shrinkage applies to the two-timescale problem only, got ridge={ridge}, rho={rho} with problem='planted'")
+        return Planted(link)
+    raise ValueError(f"`problem` must be 'two-timescale' or 'planted', got {problem!r}")
+
+
+def reduced_loss(
+    link: Link,
+    M: Float[ArrayLike, "k r"],
+    problem: ProblemName | AbstractProblem = "two-timescale",
+    *,
+    ridge: float = 0.0,
+    rho: float = 1.0,
+) -> Float[Array, ""]:
+    """The population loss as a function of the overlap `M = W*ᵀ W` (shape `(k, r)`).
+
+    `"two-timescale"`: `ℒ(G) = ½(‖f*‖² − Σ_j s_j ⟨T_j, G^{⊗j} T_j⟩)`, `G = M Mᵀ`
+    (`s_j = 1` without ridge). `"planted"`: `‖f*‖² − Σ_j ⟨T_j, M^{⊗j} T_j⟩`.
+
+    **Example:** `reduced_loss(links.hermite(3), jnp.array([[0.1]]))` is `½(1 − 0.1⁶)`.
+    """
+    prob = make_problem(link, problem, ridge=ridge, rho=rho)
+    prob.check_overlap(M)
+    return prob.loss(jnp.asarray(M, dtype=float))
+
+
+def reduced_vector_field(
+    link: Link,
+    M: Float[ArrayLike, "k r"],
+    problem: ProblemName | AbstractProblem = "two-timescale",
+    *,
+    ridge: float = 0.0,
+    rho: float = 1.0,
+) -> Float[Array, "k r"]:
+    """`Ṁ` for the overlap `M` of shape `(k, r)`: `(I − G) B(G) M` (two-timescale) or
+    `−Γ + ½ M (MᵀΓ + ΓᵀM)` (planted)."""
+    prob = make_problem(link, problem, ridge=ridge, rho=rho)
+    prob.check_overlap(M)
+    return prob.vector_field(jnp.asarray(M, dtype=float))
