@@ -42,11 +42,7 @@ def hermite_1d(degree: int, x: Float[ArrayLike, "*batch"]) -> Float[Array, "*bat
 def multi_indices(dim: int, degree: int) -> np.ndarray:
     """All multi-indices `α ∈ ℕ^dim` with `|α| = degree`, shape `(count, dim)`,
     in lexicographically decreasing order (`(j, 0, …)` first)."""
-    rows = [
-        alpha
-        for alpha in itertools.product(range(degree, -1, -1), repeat=dim)
-        if sum(alpha) == degree
-    ]
+    rows = [alpha for alpha in itertools.product(range(degree, -1, -1), repeat=dim) if sum(alpha) == degree]
     return np.array(rows, dtype=np.int64).reshape(len(rows), dim)
 
 
@@ -111,7 +107,9 @@ def evaluate_coefficients(
     return sum(hermite_basis(dim, j, z, table) @ c for j, c in coefficients.items())
 
 
-def apply_each(matrix: Float[Array, "a b"], tensor: Float[Array, "..."], skip_first: bool = False) -> Float[Array, "..."]:
+def apply_each(
+    matrix: Float[Array, "a b"], tensor: Float[Array, "..."], skip_first: bool = False
+) -> Float[Array, "..."]:
     """Apply `matrix` on every index of `tensor` (on every index but the first if
     `skip_first`): `(A^{⊗j} T)[i_1…i_j] = Σ_l A[i_1,l_1] … A[i_j,l_j] T[l_1…l_j]`."""
     axis = 1 if skip_first else 0
@@ -135,7 +133,5 @@ def gauss_hermite_grid(dim: int, num_nodes: int) -> tuple[np.ndarray, np.ndarray
     and weights `(num_nodes^dim,)`."""
     nodes, weights = gauss_hermite(num_nodes)
     points = np.stack(np.meshgrid(*([nodes] * dim), indexing="ij"), axis=-1).reshape(-1, dim)
-    grid_weights = np.prod(
-        np.stack(np.meshgrid(*([weights] * dim), indexing="ij"), axis=-1).reshape(-1, dim), axis=-1
-    )
+    grid_weights = np.prod(np.stack(np.meshgrid(*([weights] * dim), indexing="ij"), axis=-1).reshape(-1, dim), axis=-1)
     return points, grid_weights

@@ -228,9 +228,7 @@ def escape_times(trajectory: Trajectory, threshold: float = 0.5) -> Float[Array,
     **Returns:** `(p,)` times, or `(*batch, p)`.
     """
     batch = trajectory.ts.ndim - 1
-    single = lambda traj: jax.vmap(lambda i: _crossing(traj, i, threshold))(
-        jnp.arange(traj.singular_values.shape[-1])
-    )
+    single = lambda traj: jax.vmap(lambda i: _crossing(traj, i, threshold))(jnp.arange(traj.singular_values.shape[-1]))
     for _ in range(batch):
         single = eqx.filter_vmap(single)
     return single(trajectory)

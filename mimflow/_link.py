@@ -65,7 +65,9 @@ class Link(eqx.Module):
             raise ValueError("`tensors` must hold at least one degree, got {}")
         dims = {np.shape(t)[0] for t in tensors.values() if np.ndim(t) > 0}
         if len(dims) != 1:
-            raise ValueError(f"`tensors` must include a tensor of degree ≥ 1 and share one dimension k, got dimensions {sorted(dims)}")
+            raise ValueError(
+                f"`tensors` must include degree ≥ 1 and share one dimension k, got dimensions {sorted(dims)}"
+            )
         (dim,) = dims
         checked = {}
         for degree, tensor in tensors.items():
@@ -86,7 +88,9 @@ class Link(eqx.Module):
             raise ValueError("`coefficients` must hold at least one multi-index, got {}")
         dims = {len(alpha) if isinstance(alpha, tuple) else -1 for alpha in coefficients}
         if len(dims) != 1 or min(dims) < 1:
-            raise ValueError(f"`coefficients` keys must be multi-indices (tuples) of one length k ≥ 1, got {list(coefficients)}")
+            raise ValueError(
+                f"`coefficients` keys must be multi-indices (tuples) of one length k ≥ 1, got {list(coefficients)}"
+            )
         (dim,) = dims
         by_degree: dict[int, dict[tuple[int, ...], float]] = {}
         for alpha, value in coefficients.items():
@@ -212,4 +216,3 @@ class Link(eqx.Module):
         return Link(tensors, self.dim, scale**2 * self.residual)
 
     __rmul__ = __mul__
-

@@ -15,7 +15,11 @@ from ._overlap import sample_overlap
 _LOG = ("log d", np.log)
 _EXAMPLES: list[tuple[str, Link, list[tuple[str, object]]]] = [
     ("staircase h1(z1) + z1 z2", links.staircase(2), [_LOG, _LOG]),
-    ("h1(z1) + h3(z2)", links.hermite(1, dim=2, index=0) + links.hermite(3, dim=2, index=1), [_LOG, ("d^2", np.square)]),
+    (
+        "h1(z1) + h3(z2)",
+        links.hermite(1, dim=2, index=0) + links.hermite(3, dim=2, index=1),
+        [_LOG, ("d^2", np.square)],
+    ),
 ]
 
 

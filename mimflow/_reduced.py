@@ -107,7 +107,9 @@ class Planted(AbstractProblem):
     def check_overlap(self, overlap: ArrayLike, name: str = "M") -> None:
         super().check_overlap(overlap, name)
         if jnp.shape(overlap)[1] != self.link.dim:
-            raise ValueError(f"the planted problem needs r = k = {self.link.dim}, got `{name}` of shape {jnp.shape(overlap)}")
+            raise ValueError(
+                f"the planted problem needs r = k = {self.link.dim}, got `{name}` of shape {jnp.shape(overlap)}"
+            )
 
     def gradient(self, overlap: Float[Array, "k k"]) -> Float[Array, "k k"]:
         """`Γ = ∇_M L_pl = −Σ_j j · T_j(1) (M^{⊗(j−1)} T_j)(1)ᵀ`."""
@@ -148,7 +150,9 @@ def make_problem(
         return TwoTimescale(link, ridge, rho)
     if problem == "planted":
         if not is_concrete((ridge, rho)) or ridge != 0.0 or rho != 1.0:
-            raise ValueError(f"ridge shrinkage applies to the two-timescale problem only, got ridge={ridge}, rho={rho} with problem='planted'")
+            raise ValueError(
+                f"ridge shrinkage is for the two-timescale problem, got ridge={ridge}, rho={rho} with 'planted'"
+            )
         return Planted(link)
     raise ValueError(f"`problem` must be 'two-timescale' or 'planted', got {problem!r}")
 

@@ -75,9 +75,7 @@ def sign(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
     """`sign(z)` truncated to degrees `≤ degree`, from the closed form
     `⟨sign, h_n⟩ = 2 φ(0) He_{n−1}(0) / √(n!)` (odd `n`); `residual` is exact."""
     degree = _check_degree("degree", degree, 1)
-    coeffs = {
-        n: 2.0 * _PHI0 * _he_at_zero(n - 1) / math.sqrt(math.factorial(n)) for n in range(1, degree + 1, 2)
-    }
+    coeffs = {n: 2.0 * _PHI0 * _he_at_zero(n - 1) / math.sqrt(math.factorial(n)) for n in range(1, degree + 1, 2)}
     link = _single_index(coeffs, dim, index)
     return Link(link.tensors, link.dim, 1.0 - sum(c**2 for c in coeffs.values()))
 
