@@ -9,10 +9,12 @@ from typing import Any
 import jax
 import numpy as np
 
+_TRACER = getattr(jax.core, "Tracer", None) or jax._src.core.Tracer
+
 
 def is_concrete(value: Any) -> bool:
     """Whether `value` holds numbers (not a tracer inside `jit`, `vmap` or `grad`)."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(value))
+    return not any(isinstance(leaf, _TRACER) for leaf in jax.tree_util.tree_leaves(value))
 
 
 def _short(value: Any) -> str:

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_finite, check_range, check_shape
+from ._checks import check_finite, check_range, check_shape, is_concrete
 from ._hermite import (
     apply_each,
     coefficients_to_tensor,
@@ -191,8 +191,8 @@ class Link(eqx.Module):
         if matrix.ndim != 2 or matrix.shape[1] != self.dim or matrix.shape[0] < self.dim:
             raise ValueError(f"`matrix` must have shape (m, {self.dim}) with m ≥ {self.dim}, got shape {matrix.shape}")
         check_finite("matrix", matrix)
-        gram = np.asarray(matrix.T @ matrix) if not isinstance(matrix, jax.core.Tracer) else None
-        if gram is not None and not np.allclose(gram, np.eye(self.dim), atol=1e-6):
+        gram = np.asarray(matrix.T @ matrix) if is_concrete(matrix) else np.eye(self.dim)
+        if not np.allclose(gram, np.eye(self.dim), atol=1e-6):
             raise ValueError(f"`matrix` must have orthonormal columns, got Aᵀ A = {gram}")
         tensors = {j: apply_each(matrix, t) for j, t in self.tensors.items()}
         return Link(tensors, matrix.shape[0], self.residual)
