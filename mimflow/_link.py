@@ -55,18 +55,21 @@ class Link(eqx.Module):
     # --- constructors ---------------------------------------------------------
 
     @classmethod
-    def from_tensors(cls, tensors: Mapping[int, Float[ArrayLike, "..."]], residual: float = 0.0) -> "Link":
+    def from_tensors(
+        cls, tensors: Mapping[int, Float[ArrayLike, "..."]], residual: float = 0.0, dim: int | None = None
+    ) -> "Link":
         """The link `Σ_j ⟨T_j, H_j(z)⟩` from `{degree j: tensor of shape (k,)*j}`.
 
         Tensors are projected onto the symmetric tensors. Degree 0 takes a
-        scalar. All non-scalar tensors must share the dimension `k`.
+        scalar. All non-scalar tensors must share the dimension `k`; `dim` gives
+        `k` when there are none (a constant link).
         """
         if not tensors:
             raise ValueError("`tensors` must hold at least one degree, got {}")
-        dims = {np.shape(t)[0] for t in tensors.values() if np.ndim(t) > 0}
-        if len(dims) != 1:
+        dims = {np.shape(t)[0] for t in tensors.values() if np.ndim(t) > 0} | ({dim} if dim is not None else set())
+        if len(dims) != 1 or not all(isinstance(k, Integral) and k >= 1 for k in dims):
             raise ValueError(
-                f"`tensors` must include degree ≥ 1 and share one dimension k, got dimensions {sorted(dims)}"
+                f"`tensors` must share one dimension k ≥ 1 (`dim` if constant), got dimensions {sorted(dims, key=str)}"
             )
         (dim,) = dims
         checked = {}
@@ -146,7 +149,7 @@ class Link(eqx.Module):
             basis = hermite_basis(dim, j, jnp.asarray(points))
             tensors[j] = coefficients_to_tensor(weighted @ basis, dim, j)
         link = cls(tensors, dim)
-        return cls(tensors, dim, jnp.dot(weighted, values) - link.norm2())
+        return cls(tensors, dim, jnp.maximum(jnp.dot(weighted, values) - link.norm2(), 0.0))
 
     # --- properties -----------------------------------------------------------
 
@@ -205,7 +208,7 @@ class Link(eqx.Module):
         tensors = dict(self.tensors)
         for j, t in other.tensors.items():
             tensors[j] = tensors[j] + t if j in tensors else t
-        residual = (jnp.sqrt(self.residual) + jnp.sqrt(other.residual)) ** 2
+        residual = (jnp.sqrt(jnp.maximum(self.residual, 0.0)) + jnp.sqrt(jnp.maximum(other.residual, 0.0))) ** 2
         return Link(tensors, self.dim, residual)
 
     def __mul__(self, scale: float) -> "Link":

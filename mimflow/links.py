@@ -40,7 +40,7 @@ def embed(link: Link, dim: int, axes: tuple[int, ...] | int) -> Link:
 
 
 def _single_index(coefficients: dict[int, float], dim: int, index: int) -> Link:
-    link = Link.from_tensors({j: jnp.full((1,) * j, c) for j, c in coefficients.items()})
+    link = Link.from_tensors({j: jnp.full((1,) * j, c) for j, c in coefficients.items()}, dim=1)
     return link if dim == 1 and index == 0 else embed(link, dim, index)
 
 
