@@ -59,12 +59,14 @@ class Trajectory(eqx.Module):
 
 
 def save_times(t1: float | Float[Array, ""], num_saves: int, t_min: float) -> Float[Array, " num_saves"]:
-    """`[0, t_min, …, t1]`: zero, then `num_saves − 1` log-spaced times."""
+    """`[0, t_min, …, t1]`: zero, then `num_saves − 1` log-spaced times ending at `t1`
+    (just `[0, t1]` for `num_saves = 2`)."""
     t1 = jnp.asarray(t1, dtype=float)
-    return jnp.concatenate([jnp.zeros(1, t1.dtype), jnp.logspace(jnp.log10(t_min), jnp.log10(t1), num_saves - 1)])
+    grid = jnp.logspace(jnp.log10(t_min), jnp.log10(t1), num_saves - 1).at[-1].set(t1)
+    return jnp.concatenate([jnp.zeros(1, t1.dtype), grid])
 
 
-def _default_tolerances(dtype: jnp.dtype) -> tuple[float, float]:
+def default_tolerances(dtype: jnp.dtype) -> tuple[float, float]:
     return (1e-8, 1e-11) if dtype == jnp.float64 else (1e-5, 1e-8)
 
 
@@ -172,7 +174,7 @@ def simulate_reduced(
     if not isinstance(max_steps, int) or max_steps < 1:
         raise ValueError(f"`max_steps` must be an integer ≥ 1, got {max_steps!r}")
     M0 = jnp.asarray(M0, dtype=float)
-    rtol, atol = _default_tolerances(M0.dtype)
+    rtol, atol = default_tolerances(M0.dtype)
     solver = diffrax.Kvaerno5() if solver is None else solver
     if stepsize_controller is None:
         stepsize_controller = diffrax.PIDController(rtol=rtol, atol=atol)

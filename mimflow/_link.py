@@ -141,15 +141,10 @@ class Link(eqx.Module):
         if not isinstance(num_nodes, Integral) or not degree + 1 <= num_nodes <= 300:
             raise ValueError(f"`num_nodes` must be an integer in [degree + 1 = {degree + 1}, 300], got {num_nodes!r}")
         points, weights = gauss_hermite_grid(dim, num_nodes)
-        values = jax.vmap(lambda z: jnp.reshape(fn(z), ()))(jnp.asarray(points))
+        values, tensors, mean_square = _project(fn, dim, degree, jnp.asarray(points), jnp.asarray(weights))
         check_finite("fn(z) on the quadrature grid", values)
-        weighted = jnp.asarray(weights) * values
-        tensors = {}
-        for j in range(degree + 1):
-            basis = hermite_basis(dim, j, jnp.asarray(points))
-            tensors[j] = coefficients_to_tensor(weighted @ basis, dim, j)
         link = cls(tensors, dim)
-        return cls(tensors, dim, jnp.maximum(jnp.dot(weighted, values) - link.norm2(), 0.0))
+        return cls(tensors, dim, jnp.maximum(mean_square - link.norm2(), 0.0))
 
     # --- properties -----------------------------------------------------------
 
@@ -219,3 +214,14 @@ class Link(eqx.Module):
         return Link(tensors, self.dim, scale**2 * self.residual)
 
     __rmul__ = __mul__
+
+
+@eqx.filter_jit
+def _project(fn: Callable, dim: int, degree: int, points: Float[Array, "N k"], weights: Float[Array, " N"]):
+    """Gauss–Hermite projection of `fn` onto degrees `≤ degree`: values on the grid,
+    `{j: T_j}` and `E fn²`, in one compiled call (the grid is an argument, so that XLA
+    does not constant-fold it)."""
+    values = jax.vmap(lambda z: jnp.reshape(fn(z), ()))(points)
+    weighted = weights * values
+    tensors = {j: coefficients_to_tensor(weighted @ hermite_basis(dim, j, points), dim, j) for j in range(degree + 1)}
+    return values, tensors, jnp.dot(weighted, values)

@@ -12,6 +12,7 @@ from typing import Literal
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import check_finite, check_range, is_concrete
@@ -52,7 +53,7 @@ class AbstractProblem(eqx.Module):
 
     def check_overlap(self, overlap: ArrayLike, name: str = "M") -> None:
         """Raise a `ValueError` naming `name` if `overlap` is not a finite `(k, r)` matrix."""
-        shape = jnp.shape(overlap)
+        shape = np.shape(overlap)
         if len(shape) != 2 or shape[0] != self.link.dim or shape[1] < 1:
             raise ValueError(f"`{name}` must have shape (k, r) = ({self.link.dim}, r) for this link, got shape {shape}")
         check_finite(name, overlap)
@@ -64,23 +65,29 @@ class TwoTimescale(AbstractProblem):
 
     With a kernel ridge fit of eigenvalues `q_j = ρ^j` (Mehler kernel) and ridge
     `μ`, `s_j = q_j / (q_j + μ)` and `ℒ` is the fit's value function; `μ = 0` gives
-    the exact conditional expectation (`s_j = 1`). `r ≠ k` is allowed.
+    the exact conditional expectation (`s_j = 1`). `max_degree = D` truncates the
+    kernel (Hermite features of degree `≤ D`): `s_j = 0` for `j > D`. `r ≠ k` is allowed.
     """
 
     link: Link
     ridge: Float[Array, ""]
     rho: Float[Array, ""]
+    max_degree: int | None = eqx.field(static=True)
 
-    def __init__(self, link: Link, ridge: float = 0.0, rho: float = 1.0):
+    def __init__(self, link: Link, ridge: float = 0.0, rho: float = 1.0, max_degree: int | None = None):
         check_range("ridge", ridge, low=0.0)
         check_range("rho", rho, low=0.0, high=1.0, low_open=True)
+        if max_degree is not None and (not isinstance(max_degree, int) or max_degree < 0):
+            raise ValueError(f"`max_degree` must be None or an integer ≥ 0, got {max_degree!r}")
         self.link = link
         self.ridge = jnp.asarray(ridge, dtype=float)
         self.rho = jnp.asarray(rho, dtype=float)
+        self.max_degree = max_degree
 
     def shrinkage(self) -> dict[int, Float[Array, ""]]:
-        """`{j: s_j = q_j / (q_j + μ)}` with `q_j = ρ^j`."""
-        return {j: self.rho**j / (self.rho**j + self.ridge) for j in self.link.tensors}
+        """`{j: s_j = q_j / (q_j + μ)}` with `q_j = ρ^j` (`0` above `max_degree`)."""
+        top = self.link.degree if self.max_degree is None else self.max_degree
+        return {j: self.rho**j / (self.rho**j + self.ridge) * (j <= top) for j in self.link.tensors}
 
     def B(self, gram: Float[Array, "k k"]) -> Float[Array, "k k"]:
         """`B(G) = Σ_j s_j · j · T_j(1) G^{⊗(j−1)} T_j(1)ᵀ ⪰ 0`, so `∂ℒ/∂G = −½ B(G)`."""
@@ -106,9 +113,9 @@ class Planted(AbstractProblem):
 
     def check_overlap(self, overlap: ArrayLike, name: str = "M") -> None:
         super().check_overlap(overlap, name)
-        if jnp.shape(overlap)[1] != self.link.dim:
+        if np.shape(overlap)[1] != self.link.dim:
             raise ValueError(
-                f"the planted problem needs r = k = {self.link.dim}, got `{name}` of shape {jnp.shape(overlap)}"
+                f"the planted problem needs r = k = {self.link.dim}, got `{name}` of shape {np.shape(overlap)}"
             )
 
     def gradient(self, overlap: Float[Array, "k k"]) -> Float[Array, "k k"]:
