@@ -34,11 +34,14 @@ class Trajectory(eqx.Module):
     **Fields** (`n` saves, `p = min(k, r)`; a leading batch axis under `vmap`):
     - `ts`: `(n,)` save times, `0` then log-spaced up to `t1`.
     - `overlap`: `(n, k, r)` the overlap `M(t) = W*ᵀ W(t)`.
-    - `loss`: `(n,)` the population loss.
+    - `loss`: `(n,)` the population loss of the problem at `M(t)`.
     - `singular_values`: `(n, p)` singular values of `M(t)`, largest first.
     - `status`: `()` a `Status` code; `num_steps`: `()` accepted and rejected steps.
-    - `problem`, `solver`, `stepsize_controller`, `max_steps`: what produced it
-      (used by `escape_times` to locate crossings between saves).
+    - `train_loss`, `test_loss`: `(n,)` the empirical objective on the flow's data and
+      the loss on a held-out set (d-dimensional flows, `simulate`; else `None`).
+    - `problem`: the reduced problem that produced the trajectory, used by
+      `escape_times` to locate crossings between saves (`None` for d-dimensional
+      flows, whose crossings are interpolated between saves).
     """
 
     ts: Float[Array, " n"]
@@ -47,10 +50,9 @@ class Trajectory(eqx.Module):
     singular_values: Float[Array, "n p"]
     status: Int[Array, ""]
     num_steps: Int[Array, ""]
-    problem: AbstractProblem
-    solver: diffrax.AbstractSolver = eqx.field(static=True)
-    stepsize_controller: diffrax.AbstractStepSizeController = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
+    train_loss: Float[Array, " n"] | None = None
+    test_loss: Float[Array, " n"] | None = None
+    problem: AbstractProblem | None = None
 
     @property
     def succeeded(self) -> jax.Array:
@@ -67,7 +69,21 @@ def save_times(t1: float | Float[Array, ""], num_saves: int, t_min: float) -> Fl
 
 
 def default_tolerances(dtype: jnp.dtype) -> tuple[float, float]:
-    return (1e-8, 1e-11) if dtype == jnp.float64 else (1e-5, 1e-8)
+    return (1e-9, 1e-12) if dtype == jnp.float64 else (1e-5, 1e-8)
+
+
+def _default_solver(dtype: jnp.dtype) -> diffrax.AbstractSolver:
+    """`Kvaerno5` (implicit: the converged tail is stiff) with a Newton root finder
+    (diffrax's default chord iteration rejects every step under a clipping controller)."""
+    rtol, atol = default_tolerances(dtype)
+    return diffrax.Kvaerno5(root_finder=optx.Newton(rtol=rtol, atol=atol))
+
+
+def _default_controller(ts: Float[Array, " n"]) -> diffrax.AbstractStepSizeController:
+    """A PID controller whose steps end on the save times, so saves are step end
+    points (solver accuracy) rather than dense-output interpolations (an order less)."""
+    rtol, atol = default_tolerances(ts.dtype)
+    return diffrax.ClipStepSizeController(diffrax.PIDController(rtol=rtol, atol=atol), step_ts=ts)
 
 
 def _term() -> diffrax.ODETerm:
@@ -85,13 +101,16 @@ def _status(result: diffrax.RESULTS, finite: Array) -> Array:
 
 @eqx.filter_jit
 def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoint) -> Trajectory:
+    start_finite = jnp.isfinite(overlap0).all()
     sol = diffrax.diffeqsolve(
         _term(),
         solver,
         ts[0],
         ts[-1],
         None,
-        overlap0,
+        # a non-finite start is reported, not integrated: under vmap an implicit solver's
+        # iterations would otherwise couple it to the rest of the batch
+        jnp.where(start_finite, overlap0, 0.0),
         args=problem,
         saveat=diffrax.SaveAt(ts=ts),
         stepsize_controller=stepsize_controller,
@@ -105,7 +124,7 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
     loss = jnp.where(saved, jax.vmap(problem.loss)(safe), jnp.nan)
     singular = jnp.where(saved[:, None], principal_cosines(safe), jnp.nan)
     reached = sol.result == diffrax.RESULTS.successful
-    finite = jnp.where(reached, saved.all(), True) & jnp.isfinite(overlap0).all()
+    finite = jnp.where(reached, saved.all(), True) & start_finite
     return Trajectory(
         ts=ts,
         overlap=overlap,
@@ -114,9 +133,6 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
         status=_status(sol.result, finite),
         num_steps=sol.stats["num_steps"],
         problem=problem,
-        solver=solver,
-        stepsize_controller=stepsize_controller,
-        max_steps=max_steps,
     )
 
 
@@ -152,8 +168,8 @@ def simulate_reduced(
       (two-timescale only), see `TwoTimescale`.
     - `num_saves`, `t_min`: saves at `0` and `num_saves − 1` log-spaced times in `[t_min, t1]`.
     - `solver`, `stepsize_controller`: any diffrax solver and controller; default
-      `Kvaerno5()` and `PIDController(rtol, atol)` with `(1e-8, 1e-11)` in float64,
-      `(1e-5, 1e-8)` in float32.
+      `Kvaerno5` (Newton root finder) and `PIDController(rtol, atol)` with `(1e-9, 1e-12)` in float64,
+      `(1e-5, 1e-8)` in float32, clipped so that steps end on the save times.
     - `max_steps`: step budget; `adjoint`: diffrax adjoint for gradients (default
       `RecursiveCheckpointAdjoint`).
 
@@ -175,11 +191,11 @@ def simulate_reduced(
         raise ValueError(f"`max_steps` must be an integer ≥ 1, got {max_steps!r}")
     M0 = jnp.asarray(M0, dtype=float)
     rtol, atol = default_tolerances(M0.dtype)
-    solver = diffrax.Kvaerno5() if solver is None else solver
-    if stepsize_controller is None:
-        stepsize_controller = diffrax.PIDController(rtol=rtol, atol=atol)
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     ts = save_times(t1, num_saves, t_min)
+    solver = _default_solver(ts.dtype) if solver is None else solver
+    if stepsize_controller is None:
+        stepsize_controller = _default_controller(ts)
+    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     return _solve(prob, M0, ts, solver, stepsize_controller, max_steps, adjoint)
 
 
@@ -199,22 +215,36 @@ def _crossing(trajectory: Trajectory, index: Int[Array, ""], threshold: float) -
         gram = y @ y.T if y.shape[0] <= y.shape[1] else y.T @ y
         return jnp.linalg.det(gram - threshold**2 * jnp.eye(gram.shape[0], dtype=gram.dtype))
 
+    rtol, atol = default_tolerances(ts.dtype)
     sol = diffrax.diffeqsolve(
         _term(),
-        trajectory.solver,
+        _default_solver(ts.dtype),
         ts[left],
         jnp.where(first > 0, ts[first], ts[left] + 1.0),
         None,
         jnp.nan_to_num(trajectory.overlap[left]),
         args=trajectory.problem,
         saveat=diffrax.SaveAt(t1=True),
-        stepsize_controller=trajectory.stepsize_controller,
+        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
         event=diffrax.Event(distance, root_finder=optx.Newton(rtol=tol, atol=tol)),
-        max_steps=trajectory.max_steps,
+        max_steps=4096,
         throw=False,
     )
     refined = jnp.clip(sol.ts[-1], ts[left], ts[first])
     return jnp.where(above.any(), jnp.where(first > 0, refined, ts[0]), jnp.inf)
+
+
+def _crossing_between_saves(trajectory: Trajectory, index: Int[Array, ""], threshold: float) -> Float[Array, ""]:
+    """First time the `index`-th singular value reaches `threshold`, interpolated
+    linearly in `log t` between the bracketing saves."""
+    ts, values = trajectory.ts, jnp.nan_to_num(trajectory.singular_values[:, index], nan=-jnp.inf)
+    above = values >= threshold
+    first = jnp.argmax(above)
+    left = jnp.maximum(first - 1, 0)
+    fraction = jnp.clip((threshold - values[left]) / (values[first] - values[left]), 0.0, 1.0)
+    log_left, log_right = jnp.log(jnp.maximum(ts[left], ts[1])), jnp.log(ts[first])
+    interpolated = jnp.where(left == 0, ts[first], jnp.exp(log_left + fraction * (log_right - log_left)))
+    return jnp.where(above.any(), jnp.where(first > 0, interpolated, ts[0]), jnp.inf)
 
 
 @eqx.filter_jit
@@ -223,14 +253,18 @@ def escape_times(trajectory: Trajectory, threshold: float = 0.5) -> Float[Array,
     the `i`-th singular value of `M(t)` passes `threshold` (½: the direction counts as
     learned); `inf` where it never does within the trajectory.
 
-    The crossing is located to solver accuracy, not at the nearest save: the flow is
-    re-integrated from the save just before it with an event and a root find.
+    For reduced trajectories the crossing is located to solver accuracy, not at the
+    nearest save: the flow is re-integrated from the save just before it with an
+    event and a root find (`Kvaerno5` at the default tolerances of the dtype). For
+    d-dimensional flows (`simulate`) it is interpolated linearly in `log t` between
+    the bracketing saves (save densely to resolve it).
     Accepts a batch of trajectories (any leading axes) from `vmap`.
 
     **Returns:** `(p,)` times, or `(*batch, p)`.
     """
     batch = trajectory.ts.ndim - 1
-    single = lambda traj: jax.vmap(lambda i: _crossing(traj, i, threshold))(jnp.arange(traj.singular_values.shape[-1]))
+    crossing = _crossing if trajectory.problem is not None else _crossing_between_saves
+    single = lambda traj: jax.vmap(lambda i: crossing(traj, i, threshold))(jnp.arange(traj.singular_values.shape[-1]))
     for _ in range(batch):
         single = eqx.filter_vmap(single)
     return single(trajectory)
