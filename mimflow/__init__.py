@@ -5,6 +5,23 @@ with gradient flow, Part I* (arXiv 2310.19793). See DESIGN.md for conventions.
 """
 
 from . import links as links
+from ._fits import RBF as RBF
+from ._fits import AbstractFit as AbstractFit
+from ._fits import AbstractFittedLink as AbstractFittedLink
+from ._fits import AbstractKernel as AbstractKernel
+from ._fits import ArcCosine as ArcCosine
+from ._fits import HermiteFeatures as HermiteFeatures
+from ._fits import KernelRidge as KernelRidge
+from ._fits import Mehler as Mehler
+from ._fits import Polynomial as Polynomial
+from ._fits import RandomFeatures as RandomFeatures
+from ._flows import AbstractFlow as AbstractFlow
+from ._flows import Dataset as Dataset
+from ._flows import Online as Online
+from ._flows import PlantedFlow as PlantedFlow
+from ._flows import Population as Population
+from ._flows import Target as Target
+from ._flows import TwoTimescaleFlow as TwoTimescaleFlow
 from ._hermite import hermite_1d as hermite_1d
 from ._hermite import multi_indices as multi_indices
 from ._integrate import Status as Status
@@ -13,6 +30,8 @@ from ._integrate import escape_times as escape_times
 from ._integrate import save_times as save_times
 from ._integrate import simulate_reduced as simulate_reduced
 from ._link import Link as Link
+from ._manifold import RetractedSolver as RetractedSolver
+from ._manifold import simulate as simulate
 from ._overlap import principal_cosines as principal_cosines
 from ._overlap import sample_overlap as sample_overlap
 from ._reduced import AbstractProblem as AbstractProblem
@@ -21,5 +40,10 @@ from ._reduced import TwoTimescale as TwoTimescale
 from ._reduced import make_problem as make_problem
 from ._reduced import reduced_loss as reduced_loss
 from ._reduced import reduced_vector_field as reduced_vector_field
+from ._stiefel import Stiefel as Stiefel
+from ._stiefel import haar_stiefel as haar_stiefel
+from ._stiefel import principal_angles as principal_angles
+from ._stiefel import project_tangent as project_tangent
+from ._stiefel import retract as retract
 
 __version__ = "0.1.0"

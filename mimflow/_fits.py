@@ -1,0 +1,326 @@
+"""The fast timescale: closed-form ridge fits of the link on `Z = X W` (DESIGN §4).
+
+Every fit minimises `½ n⁻¹ Σ_i (y_i − f(z_i))² + (μ/2) ‖f‖²_H` over its function
+space `H`, which does not depend on `W`; so by the envelope theorem the gradient
+of the value function `V̂(W)` is that of the data term with the fitted function
+held fixed (`mimflow.flows`).
+"""
+
+import math
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._checks import check_range
+from ._hermite import hermite_1d, multi_indices
+
+
+def _jitter(dtype: jnp.dtype) -> float:
+    return 1e-12 if dtype == jnp.float64 else 1e-6
+
+
+def _cholesky_solve(matrix: Float[Array, "m m"], rhs: Float[Array, " m"], shift: Array) -> Float[Array, " m"]:
+    """Solve `(A + shift·I) x = rhs` for PSD `A` by Cholesky, with a relative jitter."""
+    scale = jnp.maximum(jnp.mean(jnp.diagonal(matrix)), 1.0)
+    regular = matrix + (shift + _jitter(matrix.dtype) * scale) * jnp.eye(matrix.shape[0], dtype=matrix.dtype)
+    return jsl.cho_solve(jsl.cho_factor(regular, lower=True), rhs)
+
+
+# --- kernels ------------------------------------------------------------------
+
+
+class AbstractKernel(eqx.Module):
+    """A positive-definite kernel on `ℝ^r`; `kernel(Z1, Z2)` is the `(n, m)` Gram matrix."""
+
+    def __call__(self, left: Float[Array, "n r"], right: Float[Array, "m r"]) -> Float[Array, "n m"]:
+        raise NotImplementedError
+
+
+class Mehler(AbstractKernel):
+    """The isotropic Hermite (Mehler) kernel `k_ρ(z, z') = Σ_α ρ^{|α|} h_α(z) h_α(z')`,
+    in closed form `Π_i (1−ρ²)^{−1/2} exp((2ρ z_i z'_i − ρ²(z_i² + z'_i²)) / (2(1−ρ²)))`;
+    its eigenvalue on Hermite degree `j` is `q_j = ρ^j` (`0 < ρ < 1`)."""
+
+    rho: Float[Array, ""]
+
+    def __init__(self, rho: float = 0.5):
+        check_range("rho", rho, low=0.0, high=1.0, low_open=True)
+        if rho == 1.0:
+            raise ValueError("`rho` must be < 1 for the Mehler kernel, got 1.0")
+        self.rho = jnp.asarray(rho, dtype=float)
+
+    def __call__(self, left, right):
+        rho = self.rho
+        cross = left @ right.T
+        squares = jnp.sum(left**2, axis=1)[:, None] + jnp.sum(right**2, axis=1)[None, :]
+        exponent = (2.0 * rho * cross - rho**2 * squares) / (2.0 * (1.0 - rho**2))
+        return (1.0 - rho**2) ** (-0.5 * left.shape[1]) * jnp.exp(exponent)
+
+
+class RBF(AbstractKernel):
+    """The Gaussian kernel `exp(−‖z − z'‖² / (2 ℓ²))`."""
+
+    lengthscale: Float[Array, ""]
+
+    def __init__(self, lengthscale: float = 1.0):
+        check_range("lengthscale", lengthscale, low=0.0, low_open=True)
+        self.lengthscale = jnp.asarray(lengthscale, dtype=float)
+
+    def __call__(self, left, right):
+        squares = jnp.sum(left**2, axis=1)[:, None] + jnp.sum(right**2, axis=1)[None, :] - 2.0 * left @ right.T
+        return jnp.exp(-jnp.maximum(squares, 0.0) / (2.0 * self.lengthscale**2))
+
+
+class Polynomial(AbstractKernel):
+    """The polynomial kernel `(zᵀz' + c)^p`."""
+
+    degree: int = eqx.field(static=True)
+    offset: Float[Array, ""]
+
+    def __init__(self, degree: int = 3, offset: float = 1.0):
+        if not isinstance(degree, int) or degree < 1:
+            raise ValueError(f"`degree` must be an integer ≥ 1, got {degree!r}")
+        check_range("offset", offset, low=0.0)
+        self.degree = degree
+        self.offset = jnp.asarray(offset, dtype=float)
+
+    def __call__(self, left, right):
+        return (left @ right.T + self.offset) ** self.degree
+
+
+class ArcCosine(AbstractKernel):
+    """The arc-cosine kernel of order 1 (infinitely wide ReLU network, Cho & Saul):
+    `k(z, z') = (1/π) ‖ẑ‖ ‖ẑ'‖ (sin θ + (π − θ) cos θ)` with `ẑ = (z, 1)` (a bias input,
+    which keeps the kernel smooth at `z = 0`) and `θ` the angle between `ẑ` and `ẑ'`."""
+
+    def __call__(self, left, right):
+        left = jnp.concatenate([left, jnp.ones_like(left[:, :1])], axis=1)
+        right = jnp.concatenate([right, jnp.ones_like(right[:, :1])], axis=1)
+        norms = jnp.sqrt(jnp.sum(left**2, axis=1))[:, None] * jnp.sqrt(jnp.sum(right**2, axis=1))[None, :]
+        cosine = jnp.clip(left @ right.T / norms, -1.0, 1.0)
+        sine = jnp.sqrt(jnp.maximum(1.0 - cosine**2, 0.0))
+        return norms * (sine + (jnp.pi - jnp.arccos(cosine)) * cosine) / jnp.pi
+
+
+# --- fitted link models ------------------------------------------------------------
+
+
+class AbstractFittedLink(eqx.Module):
+    """A fitted link `f̂: ℝ^r → ℝ`; `f̂(Z)` evaluates it on rows `Z` of shape `(n, r)`."""
+
+    def __call__(self, z: Float[Array, "n r"]) -> Float[Array, " n"]:
+        raise NotImplementedError
+
+    def value_and_grad(self, z: Float[Array, "n r"]) -> tuple[Float[Array, " n"], Float[Array, "n r"]]:
+        """`f̂(z_i)` and `∇f̂(z_i)` for each row."""
+        values, pullback = jax.vjp(self, z)
+        # rows are independent, so the pullback of ones gives each row's gradient
+        return values, pullback(jnp.ones_like(values))[0]
+
+
+class KernelModel(AbstractFittedLink):
+    """`f̂(z) = Σ_j a_j k(z, c_j)` with centres `c_j` (the training inputs)."""
+
+    kernel: AbstractKernel
+    centres: Float[Array, "n r"]
+    coefficients: Float[Array, " n"]
+
+    def __call__(self, z):
+        return self.kernel(z, self.centres) @ self.coefficients
+
+
+class AbstractFeatures(eqx.Module):
+    """A feature map `φ: ℝ^r → ℝ^p`; `features(Z)` is the `(n, p)` design matrix."""
+
+    def __call__(self, z: Float[Array, "n r"]) -> Float[Array, "n p"]:
+        raise NotImplementedError
+
+
+class FeatureModel(AbstractFittedLink):
+    """`f̂(z) = φ(z)ᵀ θ`."""
+
+    features: AbstractFeatures
+    weights: Float[Array, " p"]
+
+    def __call__(self, z):
+        return self.features(z) @ self.weights
+
+
+class ReLUFeatures(AbstractFeatures):
+    """`φ(z) = relu(Aᵀz + b) / √p`, `A ~ N(0, I)` of shape `(r, p)`, `b ~ N(0, 1)`."""
+
+    weights: Float[Array, "r p"]
+    biases: Float[Array, " p"]
+
+    def __call__(self, z):
+        return jax.nn.relu(z @ self.weights + self.biases) / math.sqrt(self.biases.shape[0])
+
+
+class FourierFeatures(AbstractFeatures):
+    """Random Fourier features of the RBF kernel: `φ(z) = √(2/p) cos(Ωᵀz / ℓ + b)`,
+    `Ω ~ N(0, I)`, `b ~ U[0, 2π)`."""
+
+    frequencies: Float[Array, "r p"]
+    phases: Float[Array, " p"]
+
+    def __call__(self, z):
+        return math.sqrt(2.0 / self.phases.shape[0]) * jnp.cos(z @ self.frequencies + self.phases)
+
+
+class HermiteFeatureMap(AbstractFeatures):
+    """`φ_α(z) = √(q_{|α|}) h_α(z)` for `|α| ≤ D`, `q_j = ρ^j`: the Mehler kernel
+    truncated at degree `D`."""
+
+    dim: int = eqx.field(static=True)
+    degree: int = eqx.field(static=True)
+    rho: Float[Array, ""]
+
+    def __call__(self, z):
+        table = hermite_1d(self.degree, z)  # (n, r, D + 1)
+        columns = []
+        for j in range(self.degree + 1):
+            alphas = multi_indices(self.dim, j)
+            basis = jnp.prod(table[:, jnp.arange(self.dim)[None, :], alphas], axis=-1)
+            columns.append(jnp.sqrt(self.rho**j) * basis)
+        return jnp.concatenate(columns, axis=1)
+
+
+# --- fits ---------------------------------------------------------------------------
+
+
+def _check_data(Z: Float[Array, "n r"], y: Float[Array, " n"]) -> None:
+    if Z.ndim != 2 or y.ndim != 1 or Z.shape[0] != y.shape[0]:
+        raise ValueError(f"need Z of shape (n, r) and y of shape (n,), got Z {Z.shape} and y {y.shape}")
+
+
+class AbstractFit(eqx.Module):
+    """A closed-form ridge fit of the link: `fit(Z, y)` returns the minimiser of
+    `½ n⁻¹ Σ_i (y_i − f(z_i))² + (μ/2) ‖f‖²_H` as an `AbstractFittedLink`."""
+
+    ridge: eqx.AbstractVar[Float[Array, ""]]
+
+    def fit(self, Z: Float[ArrayLike, "n r"], y: Float[ArrayLike, " n"]) -> AbstractFittedLink:
+        raise NotImplementedError
+
+    def objective(self, fitted: AbstractFittedLink, Z: Float[Array, "n r"], y: Float[Array, " n"]) -> Float[Array, ""]:
+        """The value `½ n⁻¹ Σ (y_i − f̂(z_i))² + (μ/2)‖f̂‖²_H` at a fitted link."""
+        raise NotImplementedError
+
+
+class KernelRidge(AbstractFit):
+    """Kernel ridge regression, solved in the dual: `(K + nμI) a = y`.
+
+    **Example:** `KernelRidge(Mehler(0.5), ridge=1e-3).fit(X @ W, y)`.
+    """
+
+    kernel: AbstractKernel
+    ridge: Float[Array, ""]
+
+    def __init__(self, kernel: AbstractKernel, ridge: float = 1e-3):
+        if not isinstance(kernel, AbstractKernel):
+            raise ValueError(f"`kernel` must be a mimflow kernel (Mehler, RBF, ...), got {kernel!r}")
+        check_range("ridge", ridge, low=0.0)
+        self.kernel = kernel
+        self.ridge = jnp.asarray(ridge, dtype=float)
+
+    def fit(self, Z, y):
+        Z, y = jnp.asarray(Z), jnp.asarray(y)
+        _check_data(Z, y)
+        gram = self.kernel(Z, Z)
+        coefficients = _cholesky_solve(gram, y, y.shape[0] * self.ridge)
+        return KernelModel(self.kernel, Z, coefficients)
+
+    def objective(self, fitted, Z, y):
+        residual = y - fitted(Z)
+        norm2 = fitted.coefficients @ (self.kernel(fitted.centres, fitted.centres) @ fitted.coefficients)
+        return 0.5 * jnp.mean(residual**2) + 0.5 * self.ridge * norm2
+
+
+class AbstractFeatureFit(AbstractFit):
+    """A ridge fit on an explicit feature map, `‖f‖²_H = ‖θ‖²`; solved in the primal
+    `(ΦᵀΦ + nμI) θ = Φᵀy` when `p ≤ n`, else in the dual `θ = Φᵀ(ΦΦᵀ + nμI)⁻¹ y`."""
+
+    def features(self, r: int) -> AbstractFeatures:
+        """The feature map on `ℝ^r`."""
+        raise NotImplementedError
+
+    def fit(self, Z, y):
+        Z, y = jnp.asarray(Z), jnp.asarray(y)
+        _check_data(Z, y)
+        features = self.features(Z.shape[1])
+        design = features(Z)
+        n, p = design.shape
+        if p <= n:
+            weights = _cholesky_solve(design.T @ design, design.T @ y, n * self.ridge)
+        else:
+            weights = design.T @ _cholesky_solve(design @ design.T, y, n * self.ridge)
+        return FeatureModel(features, weights)
+
+    def objective(self, fitted, Z, y):
+        return 0.5 * jnp.mean((y - fitted(Z)) ** 2) + 0.5 * self.ridge * jnp.sum(fitted.weights**2)
+
+
+class RandomFeatures(AbstractFeatureFit):
+    """Ridge regression on `num_features` random features drawn from `key`:
+    `kind="relu"` (ReLU with random biases) or `"fourier"` (random Fourier features
+    of the RBF kernel of lengthscale `lengthscale`)."""
+
+    num_features: int = eqx.field(static=True)
+    kind: Literal["relu", "fourier"] = eqx.field(static=True)
+    key: PRNGKeyArray
+    ridge: Float[Array, ""]
+    lengthscale: Float[Array, ""]
+
+    def __init__(
+        self,
+        num_features: int,
+        key: PRNGKeyArray,
+        ridge: float = 1e-3,
+        kind: Literal["relu", "fourier"] = "relu",
+        lengthscale: float = 1.0,
+    ):
+        if not isinstance(num_features, int) or num_features < 1:
+            raise ValueError(f"`num_features` must be an integer ≥ 1, got {num_features!r}")
+        if kind not in ("relu", "fourier"):
+            raise ValueError(f"`kind` must be 'relu' or 'fourier', got {kind!r}")
+        check_range("ridge", ridge, low=0.0)
+        check_range("lengthscale", lengthscale, low=0.0, low_open=True)
+        self.num_features, self.kind, self.key = num_features, kind, key
+        self.ridge = jnp.asarray(ridge, dtype=float)
+        self.lengthscale = jnp.asarray(lengthscale, dtype=float)
+
+    def features(self, r):
+        key_w, key_b = jax.random.split(self.key)
+        dtype = self.ridge.dtype
+        weights = jax.random.normal(key_w, (r, self.num_features), dtype)
+        if self.kind == "relu":
+            return ReLUFeatures(weights, jax.random.normal(key_b, (self.num_features,), dtype))
+        phases = jax.random.uniform(key_b, (self.num_features,), dtype, 0.0, 2.0 * jnp.pi)
+        return FourierFeatures(weights / self.lengthscale, phases)
+
+
+class HermiteFeatures(AbstractFeatureFit):
+    """Ridge regression on the Hermite features `√(ρ^{|α|}) h_α(z)`, `|α| ≤ degree`
+    (the Mehler kernel truncated at `degree`): the closest finite-`n` match to the
+    reduced dynamics, whose population limit has shrinkage `ρ^j / (ρ^j + μ)` for
+    `j ≤ degree` and `0` above."""
+
+    degree: int = eqx.field(static=True)
+    rho: Float[Array, ""]
+    ridge: Float[Array, ""]
+
+    def __init__(self, degree: int, ridge: float = 0.0, rho: float = 1.0):
+        if not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"`degree` must be an integer ≥ 0, got {degree!r}")
+        check_range("ridge", ridge, low=0.0)
+        check_range("rho", rho, low=0.0, high=1.0, low_open=True)
+        self.degree = degree
+        self.rho = jnp.asarray(rho, dtype=float)
+        self.ridge = jnp.asarray(ridge, dtype=float)
+
+    def features(self, r):
+        return HermiteFeatureMap(r, self.degree, self.rho)

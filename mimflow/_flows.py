@@ -1,0 +1,273 @@
+"""Gradient flows of the subspace `W ∈ St(d, r)` in `d` dimensions (DESIGN §4).
+
+A flow is a target (teacher), a data source — the population, one fixed dataset
+(offline) or fresh samples at every evaluation time (online) — and, for the
+two-timescale problem, the fast fit of the link. Switching between population and
+finite samples changes the `data` argument only.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._checks import check_finite, check_range, is_concrete
+from ._fits import AbstractFit, AbstractFittedLink, HermiteFeatures, KernelRidge, Mehler
+from ._hermite import apply_each
+from ._link import Link
+from ._reduced import Planted, TwoTimescale
+from ._stiefel import project_tangent
+
+
+class Dataset(eqx.Module):
+    """Samples `X` of shape `(n, d)` and labels `y` of shape `(n,)`."""
+
+    X: Float[Array, "n d"]
+    y: Float[Array, " n"]
+
+    def __init__(self, X: Float[ArrayLike, "n d"], y: Float[ArrayLike, " n"]):
+        X, y = jnp.asarray(X, dtype=float), jnp.asarray(y, dtype=float)
+        if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
+            raise ValueError(f"need X of shape (n, d) and y of shape (n,) with the same n, got {X.shape} and {y.shape}")
+        check_finite("X", X)
+        check_finite("y", y)
+        self.X, self.y = X, y
+
+
+class Target(eqx.Module):
+    """The teacher `F*(x) = f*(W*ᵀx) + σ ε`, `x ~ N(0, I_d)`, `ε ~ N(0, 1)`.
+
+    **Arguments:** `link` (`f*` on `ℝ^k`), `W_star` of shape `(d, k)` with orthonormal
+    columns, `noise` `σ ≥ 0`.
+    """
+
+    link: Link
+    W_star: Float[Array, "d k"]
+    noise: Float[Array, ""]
+
+    def __init__(self, link: Link, W_star: Float[ArrayLike, "d k"], noise: float = 0.0):
+        W_star = jnp.asarray(W_star, dtype=float)
+        if W_star.ndim != 2 or W_star.shape[1] != link.dim or W_star.shape[0] < link.dim:
+            raise ValueError(f"`W_star` must have shape (d, k={link.dim}) with d ≥ k, got shape {W_star.shape}")
+        check_finite("W_star", W_star)
+        if is_concrete(W_star) and not np.allclose(W_star.T @ W_star, np.eye(link.dim), atol=1e-6):
+            raise ValueError("`W_star` must have orthonormal columns")
+        check_range("noise", noise, low=0.0)
+        self.link, self.W_star = link, W_star
+        self.noise = jnp.asarray(noise, dtype=float)
+
+    def sample(self, key: PRNGKeyArray, n: int) -> Dataset:
+        """`n` samples `(x_i, F*(x_i))`."""
+        if not isinstance(n, int) or n < 1:
+            raise ValueError(f"`n` must be an integer ≥ 1, got {n!r}")
+        key_x, key_noise = jax.random.split(key)
+        X = jax.random.normal(key_x, (n, self.W_star.shape[0]), self.W_star.dtype)
+        y = self.link(X @ self.W_star) + self.noise * jax.random.normal(key_noise, (n,), X.dtype)
+        return Dataset(X, y)
+
+    def overlap(self, W: Float[Array, "d r"]) -> Float[Array, "k r"]:
+        """`M = W*ᵀ W`."""
+        return self.W_star.T @ W
+
+
+class Population(eqx.Module):
+    """Infinite data: the flow uses the exact population gradient (DESIGN §2–§3)."""
+
+
+class Online(eqx.Module):
+    """Fresh samples: `num_samples` new points at every evaluation time `t` (drawn from
+    `key` folded with `t`), so with a one-stage fixed-step solver (`diffrax.Euler`)
+    each step sees a new batch."""
+
+    num_samples: int = eqx.field(static=True)
+    key: PRNGKeyArray
+
+    def __init__(self, num_samples: int, key: PRNGKeyArray):
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"`num_samples` must be an integer ≥ 1, got {num_samples!r}")
+        self.num_samples, self.key = num_samples, key
+
+    def at(self, target: Target, t: Float[Array, ""]) -> Dataset:
+        stamp = jax.lax.bitcast_convert_type(jnp.asarray(t, jnp.float32), jnp.uint32)
+        return target.sample(jax.random.fold_in(self.key, stamp), self.num_samples)
+
+
+Data = Population | Dataset | Online
+
+
+def _batch(data: Data, target: Target, t: Float[Array, ""]) -> Dataset:
+    return data.at(target, t) if isinstance(data, Online) else data
+
+
+def _envelope_gradient(fitted: AbstractFittedLink, batch: Dataset, W: Float[Array, "d r"]) -> Float[Array, "d r"]:
+    """`∇_W ½n⁻¹Σ(f̂(Wᵀx_i) − y_i)² = n⁻¹ Σ_i (f̂(z_i) − y_i) x_i ∇f̂(z_i)ᵀ` with `f̂` fixed:
+    reads `X` twice (`Z = XW`, then `Xᵀ R`)."""
+    values, grads = fitted.value_and_grad(batch.X @ W)
+    return batch.X.T @ ((values - batch.y)[:, None] * grads) / batch.y.shape[0]
+
+
+class AbstractFlow(eqx.Module):
+    """A gradient flow of `W` on St(d, r): `Ẇ = −P_W ∇_W L(W)`, `P_W` the tangent
+    projection of the flow's metric."""
+
+    target: eqx.AbstractVar[Target]
+    data: eqx.AbstractVar[Data]
+
+    metric = "grassmann"
+
+    def gradient(self, W: Float[Array, "d r"], t: Float[ArrayLike, ""] = 0.0) -> Float[Array, "d r"]:
+        """The Euclidean gradient `∇_W L` (at time `t`, for online data)."""
+        raise NotImplementedError
+
+    def vector_field(self, t: Float[ArrayLike, ""], W: Float[Array, "d r"]) -> Float[Array, "d r"]:
+        """`Ẇ = −P_W ∇_W L(W)`."""
+        return -project_tangent(W, self.gradient(W, t), self.metric)
+
+    def loss(self, W: Float[Array, "d r"]) -> Float[Array, ""]:
+        """The population loss of the problem at `W` (a function of `M = W*ᵀW` only)."""
+        raise NotImplementedError
+
+    def train_loss(self, W: Float[Array, "d r"], t: Float[ArrayLike, ""] = 0.0) -> Float[Array, ""]:
+        """The empirical objective on the flow's data at `W` (`nan` for the population)."""
+        raise NotImplementedError
+
+    def fitted(self, W: Float[Array, "d r"], t: Float[ArrayLike, ""] = 0.0) -> AbstractFittedLink:
+        """The link the student uses at `W`: `x ↦ f̂(Wᵀx)`."""
+        raise NotImplementedError
+
+    def test_loss(self, W: Float[Array, "d r"], test: Dataset, t: Float[ArrayLike, ""] = 0.0) -> Float[Array, ""]:
+        """`½ mean (y − f̂(Wᵀx))²` on a held-out dataset."""
+        return 0.5 * jnp.mean((test.y - self.fitted(W, t)(test.X @ W)) ** 2)
+
+    def check_point(self, W: ArrayLike, name: str = "W0") -> None:
+        """Raise a `ValueError` naming `name` unless `W` has shape `(d, r)` for this flow."""
+        d = self.target.W_star.shape[0]
+        shape = np.shape(W)
+        if len(shape) != 2 or shape[0] != d or not 1 <= shape[1] <= d:
+            raise ValueError(f"`{name}` must have shape (d={d}, r) with 1 ≤ r ≤ d, got shape {shape}")
+        check_finite(name, W)
+
+
+def _population_problem(target: Target, fit: AbstractFit | None) -> TwoTimescale:
+    """The reduced problem whose dynamics is the population limit of `fit`."""
+    if fit is None:
+        return TwoTimescale(target.link)
+    if isinstance(fit, KernelRidge) and isinstance(fit.kernel, Mehler):
+        return TwoTimescale(target.link, fit.ridge, fit.kernel.rho)
+    if isinstance(fit, HermiteFeatures):
+        return TwoTimescale(target.link, fit.ridge, fit.rho, max_degree=fit.degree)
+    raise ValueError(
+        f"the population flow has a closed form for fit=None (exact conditional expectation), "
+        f"KernelRidge(Mehler(...)) or HermiteFeatures only, got {type(fit).__name__}"
+    )
+
+
+class TwoTimescaleFlow(AbstractFlow):
+    """The two-timescale flow: the link is refitted in closed form at every `W`, and `W`
+    follows the Grassmann gradient flow of the value function `V̂(W) = min_f Ĵ(f, W)`.
+
+    - population data: `Ẇ = (I − WWᵀ) W* B(G) M` (the reduced dynamics, with the ridge
+      shrinkage of `fit` if it is a Mehler kernel ridge or Hermite features fit);
+    - finite data: the envelope gradient `n⁻¹ Σ_i (f̂(z_i) − y_i) x_i ∇f̂(z_i)ᵀ` with the
+      fitted link held fixed, which equals autodiff through the solve.
+
+    **Example:**
+    ```python
+    flow = TwoTimescaleFlow(target, HermiteFeatures(2), target.sample(key, 10_000))
+    ```
+    """
+
+    target: Target
+    fit: AbstractFit | None
+    data: Data
+    reduced: TwoTimescale | None
+
+    def __init__(self, target: Target, fit: AbstractFit | None = None, data: Data | None = None):
+        data = Population() if data is None else data
+        if not isinstance(data, Population | Dataset | Online):
+            raise ValueError(f"`data` must be Population(), a Dataset or Online(...), got {type(data).__name__}")
+        if isinstance(data, Dataset) and data.X.shape[1] != target.W_star.shape[0]:
+            raise ValueError(f"`data.X` has d={data.X.shape[1]} columns but `W_star` has d={target.W_star.shape[0]}")
+        if fit is None and not isinstance(data, Population):
+            raise ValueError("finite data needs a `fit` (KernelRidge, RandomFeatures, HermiteFeatures), got None")
+        if fit is not None and not isinstance(fit, AbstractFit):
+            raise ValueError(f"`fit` must be a mimflow fit or None, got {type(fit).__name__}")
+        self.target, self.fit, self.data = target, fit, data
+        self.reduced = _population_problem(target, fit) if isinstance(data, Population) else None
+
+    def fitted(self, W, t=0.0):
+        """The fast timescale at `W`: the closed-form fit on `Z = XW` (finite data), or the
+        population fit `f_W = Σ_j s_j ⟨(Mᵀ)^{⊗j} T_j, H_j⟩` (the shrunk conditional expectation)."""
+        if self.reduced is not None:
+            overlap, weights = self.target.overlap(W), self.reduced.shrinkage()
+            tensors = {j: weights[j] * apply_each(overlap.T, tensor) for j, tensor in self.target.link.tensors.items()}
+            return _KnownLink(Link(tensors, W.shape[1]))
+        batch = _batch(self.data, self.target, t)
+        return self.fit.fit(batch.X @ W, batch.y)
+
+    def gradient(self, W, t=0.0):
+        if self.reduced is not None:
+            overlap = self.target.overlap(W)
+            return -self.target.W_star @ self.reduced.B(overlap @ overlap.T) @ overlap
+        batch = _batch(self.data, self.target, t)
+        fitted = jax.lax.stop_gradient(self.fit.fit(batch.X @ W, batch.y))
+        return _envelope_gradient(fitted, batch, W)
+
+    def loss(self, W):
+        return (self.reduced or TwoTimescale(self.target.link)).loss(self.target.overlap(W))
+
+    def train_loss(self, W, t=0.0):
+        if self.reduced is not None:
+            return jnp.asarray(jnp.nan, W.dtype)
+        batch = _batch(self.data, self.target, t)
+        Z = batch.X @ W
+        return self.fit.objective(self.fit.fit(Z, batch.y), Z, batch.y)
+
+
+class PlantedFlow(AbstractFlow):
+    """The planted flow: the link `f*` is known and fixed, `r = k`, and `W` follows the
+    Stiefel gradient flow (embedded metric) of `½E(F*(x) − f*(Wᵀx))²` (population:
+    `∇_W = W* Γ(M)`) or of its empirical version `½n⁻¹Σ(y_i − f*(Wᵀx_i))²`."""
+
+    target: Target
+    data: Data
+
+    metric = "stiefel"
+
+    def __init__(self, target: Target, data: Data | None = None):
+        data = Population() if data is None else data
+        if not isinstance(data, Population | Dataset | Online):
+            raise ValueError(f"`data` must be Population(), a Dataset or Online(...), got {type(data).__name__}")
+        self.target, self.data = target, data
+
+    def check_point(self, W, name="W0"):
+        super().check_point(W, name)
+        if np.shape(W)[1] != self.target.link.dim:
+            raise ValueError(f"the planted flow needs r = k = {self.target.link.dim}, got `{name}` shape {np.shape(W)}")
+
+    def gradient(self, W, t=0.0):
+        if isinstance(self.data, Population):
+            return self.target.W_star @ Planted(self.target.link).gradient(self.target.overlap(W))
+        batch = _batch(self.data, self.target, t)
+        return _envelope_gradient(_KnownLink(self.target.link), batch, W)
+
+    def loss(self, W):
+        return Planted(self.target.link).loss(self.target.overlap(W))
+
+    def train_loss(self, W, t=0.0):
+        if isinstance(self.data, Population):
+            return jnp.asarray(jnp.nan, W.dtype)
+        batch = _batch(self.data, self.target, t)
+        return 0.5 * jnp.mean((batch.y - self.target.link(batch.X @ W)) ** 2)
+
+    def fitted(self, W, t=0.0):
+        """The known link `f*`."""
+        return _KnownLink(self.target.link)
+
+
+class _KnownLink(AbstractFittedLink):
+    link: Link
+
+    def __call__(self, z):
+        return self.link(z)

@@ -1,0 +1,154 @@
+"""Integration on St(d, r): any diffrax solver, retracted after every step (DESIGN §4)."""
+
+import diffrax
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._checks import check_range
+from ._flows import AbstractFlow, Dataset
+from ._integrate import Trajectory, _status, default_tolerances, save_times
+from ._overlap import principal_cosines
+from ._stiefel import Retraction, retract
+
+
+class RetractedSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+    """Wraps a diffrax solver so that each step ends on St(d, r): the step `W0 → W1`
+    of the wrapped solver is replaced by `retract(W0, W1 − W0, method)`. The wrapped
+    solver's error estimate drives adaptive step control as usual. Each step
+    re-evaluates the vector field at its start (no first-same-as-last reuse, since
+    the retraction moves the end point).
+
+    **Example:** `RetractedSolver(diffrax.Tsit5(), "polar")`.
+    """
+
+    solver: diffrax.AbstractSolver
+    method: Retraction = eqx.field(static=True, default="qr")
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # type: ignore[override]
+        return self.solver.interpolation_cls
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        y1, error, dense_info, solver_state, result = self.solver.step(
+            terms, t0, t1, y0, args, solver_state, made_jump=True
+        )
+        return retract(y0, y1 - y0, self.method), error, dense_info, solver_state, result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+def _polar(W: Float[Array, "d r"]) -> Float[Array, "d r"]:
+    values, vectors = jnp.linalg.eigh(W.T @ W)
+    return W @ (vectors * values**-0.5) @ vectors.T
+
+
+@eqx.filter_jit
+def _solve(flow, W0, ts, solver, stepsize_controller, dt0, max_steps, test) -> Trajectory:
+    def summary(t, W, flow):
+        W = _polar(W)  # dense output between steps is off the manifold by O(tolerance)
+        test_loss = jnp.nan if test is None else flow.test_loss(W, test, t)
+        return flow.target.overlap(W), flow.loss(W), flow.train_loss(W, t), jnp.asarray(test_loss, W.dtype)
+
+    sol = diffrax.diffeqsolve(
+        diffrax.ODETerm(lambda t, W, flow: flow.vector_field(t, W)),
+        solver,
+        ts[0],
+        ts[-1],
+        dt0,
+        W0,
+        args=flow,
+        saveat=diffrax.SaveAt(ts=ts, fn=summary),
+        stepsize_controller=stepsize_controller,
+        max_steps=max_steps,
+        throw=False,
+    )
+    overlap, loss, train_loss, test_loss = sol.ys
+    saved = jnp.isfinite(overlap).all(axis=(-1, -2)) & jnp.isfinite(ts)
+    mask = lambda x: jnp.where(saved.reshape(saved.shape + (1,) * (x.ndim - 1)), x, jnp.nan)
+    reached = sol.result == diffrax.RESULTS.successful
+    return Trajectory(
+        ts=ts,
+        overlap=mask(overlap),
+        loss=mask(loss),
+        singular_values=mask(principal_cosines(jnp.where(saved[:, None, None], overlap, 0.0))),
+        status=_status(sol.result, jnp.where(reached, saved.all(), True) & jnp.isfinite(W0).all()),
+        num_steps=sol.stats["num_steps"],
+        train_loss=mask(train_loss),
+        test_loss=mask(test_loss),
+    )
+
+
+def simulate(
+    flow: AbstractFlow,
+    W0: Float[ArrayLike, "d r"],
+    t1: float,
+    *,
+    num_saves: int = 128,
+    t_min: float = 1e-2,
+    solver: diffrax.AbstractSolver | None = None,
+    retraction: Retraction = "qr",
+    stepsize_controller: diffrax.AbstractStepSizeController | None = None,
+    dt0: float | None = None,
+    max_steps: int = 16384,
+    test: Dataset | None = None,
+) -> Trajectory:
+    """Integrate a flow of `W ∈ St(d, r)` from `W0` to `t1`, retracting onto the
+    manifold after every step.
+
+    **Arguments:**
+    - `flow`: a `TwoTimescaleFlow` or `PlantedFlow`.
+    - `W0`: `(d, r)` with orthonormal columns (e.g. `haar_stiefel(key, d, r)`).
+    - `t1`, `num_saves`, `t_min`: saves at `0` and log-spaced in `[t_min, t1]`.
+    - `solver`: any diffrax solver (default `Tsit5`), wrapped in `RetractedSolver`
+      with `retraction` (`"qr"`, `"polar"`, `"cayley"`) unless it already is one.
+    - `stepsize_controller`, `dt0`: default adaptive `PIDController` with the same
+      tolerances as `simulate_reduced`; for fixed steps pass
+      `diffrax.ConstantStepSize()` and `dt0`.
+    - `test`: a held-out `Dataset` for `Trajectory.test_loss`.
+
+    **Returns:** a `Trajectory` like `simulate_reduced`'s (overlap `W*ᵀW`, population
+    `loss`, `train_loss` on the flow's data, `test_loss`, `status`). Works under
+    `jax.vmap` over `W0` and over keys used to build the flow's data.
+
+    The explicit default solver is stability-limited once converged (DESIGN §5a);
+    use `simulate_reduced` for long population horizons.
+    """
+    flow.check_point(W0)
+    check_range("t_min", t_min, low=0.0, low_open=True)
+    check_range("t1", t1, low=t_min, low_open=True)
+    if not isinstance(num_saves, int) or num_saves < 2:
+        raise ValueError(f"`num_saves` must be an integer ≥ 2, got {num_saves!r}")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be an integer ≥ 1, got {max_steps!r}")
+    W0 = jnp.asarray(W0, dtype=float)
+    solver = diffrax.Tsit5() if solver is None else solver
+    if not isinstance(solver, RetractedSolver):
+        solver = RetractedSolver(solver, retraction)
+    if stepsize_controller is None:
+        rtol, atol = default_tolerances(W0.dtype)
+        stepsize_controller = diffrax.PIDController(rtol=rtol, atol=atol)
+    if isinstance(stepsize_controller, diffrax.ConstantStepSize) and dt0 is None:
+        raise ValueError("fixed steps (ConstantStepSize) need `dt0`, got None")
+    return _solve(flow, W0, save_times(t1, num_saves, t_min), solver, stepsize_controller, dt0, max_steps, test)
