@@ -60,6 +60,18 @@ class Trajectory(eqx.Module):
         return self.status == Status.SUCCESS
 
 
+def check_time_grid(t1: float, t_min: float, num_saves: int, max_steps: int) -> None:
+    """Raise a `ValueError` naming the value unless `0 < t_min < t1`, `num_saves ≥ 2`
+    and `max_steps ≥ 1` (`t1` is checked only when concrete)."""
+    check_range("t_min", t_min, low=0.0, low_open=True)
+    if is_concrete(t1):
+        check_range("t1", t1, low=t_min, low_open=True)
+    if not isinstance(num_saves, int) or num_saves < 2:
+        raise ValueError(f"`num_saves` must be an integer ≥ 2, got {num_saves!r}")
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise ValueError(f"`max_steps` must be an integer ≥ 1, got {max_steps!r}")
+
+
 def save_times(t1: float | Float[Array, ""], num_saves: int, t_min: float) -> Float[Array, " num_saves"]:
     """`[0, t_min, …, t1]`: zero, then `num_saves − 1` log-spaced times ending at `t1`
     (just `[0, t1]` for `num_saves = 2`)."""
@@ -79,7 +91,7 @@ def _default_solver(dtype: jnp.dtype) -> diffrax.AbstractSolver:
     return diffrax.Kvaerno5(root_finder=optx.Newton(rtol=rtol, atol=atol))
 
 
-def _default_controller(ts: Float[Array, " n"]) -> diffrax.AbstractStepSizeController:
+def default_controller(ts: Float[Array, " n"]) -> diffrax.AbstractStepSizeController:
     """A PID controller whose steps end on the save times, so saves are step end
     points (solver accuracy) rather than dense-output interpolations (an order less)."""
     rtol, atol = default_tolerances(ts.dtype)
@@ -182,19 +194,12 @@ def simulate_reduced(
     """
     prob = make_problem(link, problem, ridge=ridge, rho=rho)
     prob.check_overlap(M0, "M0")
-    if is_concrete(t1):
-        check_range("t_min", t_min, low=0.0, low_open=True)
-        check_range("t1", t1, low=t_min, low_open=True)
-    if not isinstance(num_saves, int) or num_saves < 2:
-        raise ValueError(f"`num_saves` must be an integer ≥ 2, got {num_saves!r}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be an integer ≥ 1, got {max_steps!r}")
+    check_time_grid(t1, t_min, num_saves, max_steps)
     M0 = jnp.asarray(M0, dtype=float)
-    rtol, atol = default_tolerances(M0.dtype)
     ts = save_times(t1, num_saves, t_min)
     solver = _default_solver(ts.dtype) if solver is None else solver
     if stepsize_controller is None:
-        stepsize_controller = _default_controller(ts)
+        stepsize_controller = default_controller(ts)
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
     return _solve(prob, M0, ts, solver, stepsize_controller, max_steps, adjoint)
 

@@ -5,9 +5,8 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_range
 from ._flows import AbstractFlow, Dataset
-from ._integrate import Trajectory, _status, default_tolerances, save_times
+from ._integrate import Trajectory, _status, check_time_grid, default_controller, save_times
 from ._overlap import principal_cosines
 from ._stiefel import Retraction, retract
 
@@ -124,7 +123,7 @@ def simulate(
     - `solver`: any diffrax solver (default `Tsit5`), wrapped in `RetractedSolver`
       with `retraction` (`"qr"`, `"polar"`, `"cayley"`) unless it already is one.
     - `stepsize_controller`, `dt0`: default adaptive `PIDController` with the same
-      tolerances as `simulate_reduced`; for fixed steps pass
+      tolerances as `simulate_reduced`, steps ending on the saves; for fixed steps pass
       `diffrax.ConstantStepSize()` and `dt0`.
     - `test`: a held-out `Dataset` for `Trajectory.test_loss`.
 
@@ -136,19 +135,14 @@ def simulate(
     use `simulate_reduced` for long population horizons.
     """
     flow.check_point(W0)
-    check_range("t_min", t_min, low=0.0, low_open=True)
-    check_range("t1", t1, low=t_min, low_open=True)
-    if not isinstance(num_saves, int) or num_saves < 2:
-        raise ValueError(f"`num_saves` must be an integer ≥ 2, got {num_saves!r}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be an integer ≥ 1, got {max_steps!r}")
+    check_time_grid(t1, t_min, num_saves, max_steps)
     W0 = jnp.asarray(W0, dtype=float)
+    ts = save_times(t1, num_saves, t_min)
     solver = diffrax.Tsit5() if solver is None else solver
     if not isinstance(solver, RetractedSolver):
         solver = RetractedSolver(solver, retraction)
     if stepsize_controller is None:
-        rtol, atol = default_tolerances(W0.dtype)
-        stepsize_controller = diffrax.PIDController(rtol=rtol, atol=atol)
+        stepsize_controller = default_controller(ts)
     if isinstance(stepsize_controller, diffrax.ConstantStepSize) and dt0 is None:
         raise ValueError("fixed steps (ConstantStepSize) need `dt0`, got None")
-    return _solve(flow, W0, save_times(t1, num_saves, t_min), solver, stepsize_controller, dt0, max_steps, test)
+    return _solve(flow, W0, ts, solver, stepsize_controller, dt0, max_steps, test)
