@@ -92,6 +92,19 @@ class Polynomial(AbstractKernel):
         return (left @ right.T + self.offset) ** self.degree
 
 
+@jax.custom_jvp
+def _arc_cosine_j1(cosine: Array) -> Array:
+    """`J1(θ) = sin θ + (π − θ) cos θ` as a function of `c = cos θ`; its derivative
+    `dJ1/dc = π − θ` is finite at `c = ±1`, where `arccos` and `√(1 − c²)` are not."""
+    return jnp.sqrt(jnp.maximum(1.0 - cosine**2, 0.0)) + (jnp.pi - jnp.arccos(cosine)) * cosine
+
+
+@_arc_cosine_j1.defjvp
+def _arc_cosine_j1_jvp(primals, tangents):
+    (cosine,), (tangent,) = primals, tangents
+    return _arc_cosine_j1(cosine), (jnp.pi - jnp.arccos(cosine)) * tangent
+
+
 class ArcCosine(AbstractKernel):
     """The arc-cosine kernel of order 1 (infinitely wide ReLU network, Cho & Saul):
     `k(z, z') = (1/π) ‖ẑ‖ ‖ẑ'‖ (sin θ + (π − θ) cos θ)` with `ẑ = (z, 1)` (a bias input,
@@ -102,8 +115,7 @@ class ArcCosine(AbstractKernel):
         right = jnp.concatenate([right, jnp.ones_like(right[:, :1])], axis=1)
         norms = jnp.sqrt(jnp.sum(left**2, axis=1))[:, None] * jnp.sqrt(jnp.sum(right**2, axis=1))[None, :]
         cosine = jnp.clip(left @ right.T / norms, -1.0, 1.0)
-        sine = jnp.sqrt(jnp.maximum(1.0 - cosine**2, 0.0))
-        return norms * (sine + (jnp.pi - jnp.arccos(cosine)) * cosine) / jnp.pi
+        return norms * _arc_cosine_j1(cosine) / jnp.pi
 
 
 # --- fitted link models ------------------------------------------------------------

@@ -53,8 +53,9 @@ def retract(W: Float[Array, "d r"], step: Float[Array, "d r"], method: Retractio
 
     - `"qr"`: the Q factor of `W + V` with positive `diag(R)`;
     - `"polar"`: `(W + V)((W + V)ᵀ(W + V))^{−1/2}`;
-    - `"cayley"`: `(I − A/2)^{−1}(I + A/2) W` with `A = V Wᵀ − W Vᵀ` (skew), computed in
-      `O(d r²)` with the Woodbury identity (`A = U Zᵀ`, `U = [V, W]`, `Z = [W, −V]`).
+    - `"cayley"`: `(I − A/2)^{−1}(I + A/2) W` with `A = P V Wᵀ − W Vᵀ P`, `P = I − ½WWᵀ`
+      (skew, `A W = V` for Stiefel tangents; Wen & Yin), computed in `O(d r²)` with
+      the Woodbury identity (`A = U Zᵀ`, `U = [PV, W]`, `Z = [W, −PV]`).
     """
     if method == "qr":
         return _qr_positive(W + step)
@@ -63,21 +64,26 @@ def retract(W: Float[Array, "d r"], step: Float[Array, "d r"], method: Retractio
         values, vectors = jnp.linalg.eigh(moved.T @ moved)
         return moved @ (vectors * values**-0.5) @ vectors.T
     if method == "cayley":
-        left = jnp.concatenate([step, W], axis=1)  # U
-        right = jnp.concatenate([W, -step], axis=1)  # Z
-        half = 0.5 * (right.T @ W)
+        tangent = step - 0.5 * W @ (W.T @ step)  # P_W V with P_W = I − ½WWᵀ, so that A W = V
+        left = jnp.concatenate([tangent, W], axis=1)  # U
+        right = jnp.concatenate([W, -tangent], axis=1)  # Z
         inner = jnp.eye(left.shape[1], dtype=W.dtype) - 0.5 * right.T @ left
-        # (I − ½UZᵀ)^{-1} x = x + ½ U (I − ½ZᵀU)^{-1} Zᵀ x, applied to x = W + ½ U Zᵀ W
-        x = W + left @ half
+        # (I − ½UZᵀ)^{-1} x = x + ½ U (I − ½ZᵀU)^{-1} Zᵀ x, applied to x = (I + ½UZᵀ) W
+        x = W + 0.5 * left @ (right.T @ W)
         return x + 0.5 * left @ jnp.linalg.solve(inner, right.T @ x)
     raise ValueError(f"`method` must be 'qr', 'polar' or 'cayley', got {method!r}")
 
 
 def principal_angles(W: Float[Array, "d r"], U: Float[Array, "d s"]) -> Float[Array, " p"]:
     """Principal angles (radians, smallest first) between span(W) and span(U), both
-    with orthonormal columns; `p = min(r, s)`."""
-    cosines = jnp.linalg.svd(W.T @ U, compute_uv=False)
-    return jnp.arccos(jnp.clip(cosines, -1.0, 1.0))
+    with orthonormal columns; `p = min(r, s)`. Computed as `atan2(sin, cos)` from the
+    singular values of `WᵀU` (cosines) and of `(I − WWᵀ)U` (sines), so that small
+    angles keep their relative accuracy (`arccos` alone loses them below ~1e-8)."""
+    if U.shape[1] > W.shape[1]:
+        W, U = U, W
+    cosines = jnp.linalg.svd(W.T @ U, compute_uv=False)  # descending
+    sines = jnp.linalg.svd(U - W @ (W.T @ U), compute_uv=False)[::-1]  # ascending
+    return jnp.arctan2(sines, cosines)
 
 
 class Stiefel(eqx.Module):
