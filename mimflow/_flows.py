@@ -96,6 +96,16 @@ class Online(eqx.Module):
 Data = Population | Dataset | Online
 
 
+def _check_data(target: Target, data: Data | None) -> Data:
+    """`data` (default `Population()`), checked against the target's dimension `d`."""
+    data = Population() if data is None else data
+    if not isinstance(data, Population | Dataset | Online):
+        raise ValueError(f"`data` must be Population(), a Dataset or Online(...), got {type(data).__name__}")
+    if isinstance(data, Dataset) and data.X.shape[1] != target.W_star.shape[0]:
+        raise ValueError(f"`data.X` has d={data.X.shape[1]} columns but `W_star` has d={target.W_star.shape[0]}")
+    return data
+
+
 def _batch(data: Data, target: Target, t: Float[Array, ""]) -> Dataset:
     return data.at(target, t) if isinstance(data, Online) else data
 
@@ -184,11 +194,7 @@ class TwoTimescaleFlow(AbstractFlow):
     reduced: TwoTimescale | None
 
     def __init__(self, target: Target, fit: AbstractFit | None = None, data: Data | None = None):
-        data = Population() if data is None else data
-        if not isinstance(data, Population | Dataset | Online):
-            raise ValueError(f"`data` must be Population(), a Dataset or Online(...), got {type(data).__name__}")
-        if isinstance(data, Dataset) and data.X.shape[1] != target.W_star.shape[0]:
-            raise ValueError(f"`data.X` has d={data.X.shape[1]} columns but `W_star` has d={target.W_star.shape[0]}")
+        data = _check_data(target, data)
         if fit is None and not isinstance(data, Population):
             raise ValueError("finite data needs a `fit` (KernelRidge, RandomFeatures, HermiteFeatures), got None")
         if fit is not None and not isinstance(fit, AbstractFit):
@@ -236,10 +242,7 @@ class PlantedFlow(AbstractFlow):
     metric = "stiefel"
 
     def __init__(self, target: Target, data: Data | None = None):
-        data = Population() if data is None else data
-        if not isinstance(data, Population | Dataset | Online):
-            raise ValueError(f"`data` must be Population(), a Dataset or Online(...), got {type(data).__name__}")
-        self.target, self.data = target, data
+        self.target, self.data = target, _check_data(target, data)
 
     def check_point(self, W, name="W0"):
         super().check_point(W, name)

@@ -1,5 +1,7 @@
 """Integration on St(d, r): any diffrax solver, retracted after every step (DESIGN §4)."""
 
+from typing import Literal
+
 import diffrax
 import equinox as eqx
 import jax.numpy as jnp
@@ -8,21 +10,27 @@ from jaxtyping import Array, ArrayLike, Float
 from ._flows import AbstractFlow, Dataset
 from ._integrate import Trajectory, _status, check_time_grid, default_controller, save_times
 from ._overlap import principal_cosines
-from ._stiefel import Retraction, retract
+from ._stiefel import retract
 
 
 class RetractedSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
-    """Wraps a diffrax solver so that each step ends on St(d, r): the step `W0 → W1`
-    of the wrapped solver is replaced by `retract(W0, W1 − W0, method)`. The wrapped
-    solver's error estimate drives adaptive step control as usual. Each step
-    re-evaluates the vector field at its start (no first-same-as-last reuse, since
-    the retraction moves the end point).
+    """Wraps a diffrax solver so that each step ends on St(d, r): the end point `W1`
+    of the wrapped solver's step is mapped back onto the manifold by `"qr"` or
+    `"polar"`, which leave points already on it unchanged, so the solver keeps its
+    order and its error estimate drives adaptive step control as usual. (The Cayley
+    retraction of `retract` is not offered here: it moves even on-manifold end points
+    by `O(h²)`, an error the controller never sees.) Each step re-evaluates the
+    vector field at its start (no first-same-as-last reuse, since the end point moved).
 
     **Example:** `RetractedSolver(diffrax.Tsit5(), "polar")`.
     """
 
     solver: diffrax.AbstractSolver
-    method: Retraction = eqx.field(static=True, default="qr")
+    method: Literal["qr", "polar"] = eqx.field(static=True, default="qr")
+
+    def __check_init__(self):
+        if self.method not in ("qr", "polar"):
+            raise ValueError(f"`method` must be 'qr' or 'polar' for RetractedSolver, got {self.method!r}")
 
     @property
     def term_structure(self):
@@ -107,7 +115,7 @@ def simulate(
     num_saves: int = 128,
     t_min: float = 1e-2,
     solver: diffrax.AbstractSolver | None = None,
-    retraction: Retraction = "qr",
+    retraction: Literal["qr", "polar"] = "qr",
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     dt0: float | None = None,
     max_steps: int = 16384,
@@ -121,7 +129,7 @@ def simulate(
     - `W0`: `(d, r)` with orthonormal columns (e.g. `haar_stiefel(key, d, r)`).
     - `t1`, `num_saves`, `t_min`: saves at `0` and log-spaced in `[t_min, t1]`.
     - `solver`: any diffrax solver (default `Tsit5`), wrapped in `RetractedSolver`
-      with `retraction` (`"qr"`, `"polar"`, `"cayley"`) unless it already is one.
+      with `retraction` (`"qr"` or `"polar"`) unless it already is one.
     - `stepsize_controller`, `dt0`: default adaptive `PIDController` with the same
       tolerances as `simulate_reduced`, steps ending on the saves; for fixed steps pass
       `diffrax.ConstantStepSize()` and `dt0`.

@@ -25,8 +25,12 @@ def _rows(text: str) -> dict[tuple[str, int], list[float]]:
 def test_quickstart_table(capsys):
     assert main(["quickstart", "--seeds", "3", "--dims", "100", "10000"]) == 0
     rows = _rows(capsys.readouterr().out)
-    assert set(rows) == {("staircase h1(z1) + z1 z2", 1), ("staircase h1(z1) + z1 z2", 2),
-                         ("h1(z1) + h3(z2)", 1), ("h1(z1) + h3(z2)", 2)}
+    assert set(rows) == {
+        ("staircase h1(z1) + z1 z2", 1),
+        ("staircase h1(z1) + z1 z2", 2),
+        ("h1(z1) + h3(z2)", 1),
+        ("h1(z1) + h3(z2)", 2),
+    }
     for (name, direction), (t_small, ratio_small, t_large, ratio_large) in rows.items():
         law = (lambda d: d**2) if (name, direction) == ("h1(z1) + h3(z2)", 2) else math.log
         # the ratio column is the escape time divided by the printed law
