@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import hermite
 
 import mimflow
 from mimflow import links
@@ -32,16 +33,6 @@ from mimflow import links
 # ---------------------------------------------------------------------------
 # Independent helpers (no mimflow code)
 # ---------------------------------------------------------------------------
-
-
-def hermite(n, x):
-    """`h_n = He_n / √(n!)` by `He_{n+1} = x He_n − n He_{n−1}` (NumPy)."""
-    previous, current = np.ones_like(x), x
-    if n == 0:
-        return previous
-    for m in range(1, n):
-        previous, current = current, x * current - m * previous
-    return current / math.sqrt(math.factorial(n))
 
 
 def staircase_fn(z):
