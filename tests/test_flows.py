@@ -342,12 +342,16 @@ def test_retracted_solver_refuses_cayley():
         mimflow.RetractedSolver(diffrax.Euler(), "cayley")
 
 
+def small_finite_flow():
+    """A Hermite-features flow on 200 samples in d = 10, and a Haar start."""
+    target = mimflow.Target(links.staircase(2), random_stiefel(np.random.default_rng(2), 10, 2))
+    flow = mimflow.TwoTimescaleFlow(target, mimflow.HermiteFeatures(2, 1e-3), target.sample(jax.random.PRNGKey(2), 200))
+    return flow, mimflow.haar_stiefel(jax.random.PRNGKey(4), 10, 2)
+
+
 @pytest.mark.parametrize("method", ["qr", "polar"])
 def test_orthonormal_over_ten_thousand_euler_steps(method):
-    d = 10
-    target = mimflow.Target(links.staircase(2), random_stiefel(np.random.default_rng(2), d, 2))
-    flow = mimflow.TwoTimescaleFlow(target, mimflow.HermiteFeatures(2, 1e-3), target.sample(jax.random.PRNGKey(2), 200))
-    W0 = mimflow.haar_stiefel(jax.random.PRNGKey(4), d, 2)
+    flow, W0 = small_finite_flow()
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, W, args: flow.vector_field(t, W)),
         mimflow.RetractedSolver(diffrax.Euler(), method),
@@ -362,8 +366,7 @@ def test_orthonormal_over_ten_thousand_euler_steps(method):
     assert int(sol.stats["num_steps"]) == 10_000
     Ws = np.asarray(sol.ys)
     # every step ends on the manifold: QR/polar re-orthonormalise (error ~ ε·√r per step,
-    # no accumulation); Cayley multiplies by an orthogonal matrix (round-off accumulates at
-    # worst linearly: 10⁴·ε ≈ 2e-12). Measured 1.1e-15 (qr), 1.3e-15 (polar).
+    # no accumulation). Measured 1.1e-15 (qr), 1.3e-15 (polar).
     assert orthonormality_error(Ws) <= 1e-10
     # the run moved far from W0 (not a trivial fixed point)
     assert np.abs(Ws[-1] - np.asarray(W0)).max() > 0.1
@@ -371,10 +374,7 @@ def test_orthonormal_over_ten_thousand_euler_steps(method):
 
 def test_adaptive_steps_and_simulate_saves_orthonormal():
     # (a) step end points of the adaptive retracted Tsit5, saved with SaveAt(steps=True)
-    d = 10
-    target = mimflow.Target(links.staircase(2), random_stiefel(np.random.default_rng(2), d, 2))
-    flow = mimflow.TwoTimescaleFlow(target, mimflow.HermiteFeatures(2, 1e-3), target.sample(jax.random.PRNGKey(2), 200))
-    W0 = mimflow.haar_stiefel(jax.random.PRNGKey(4), d, 2)
+    flow, W0 = small_finite_flow()
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, W, args: flow.vector_field(t, W)),
         mimflow.RetractedSolver(diffrax.Tsit5(), "qr"),
