@@ -16,7 +16,7 @@ import jax.scipy.linalg as jsl
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_range
-from ._hermite import hermite_1d, multi_indices
+from ._hermite import hermite_1d, hermite_basis
 
 
 def _jitter(dtype: jnp.dtype) -> float:
@@ -192,12 +192,8 @@ class HermiteFeatureMap(AbstractFeatures):
     rho: Float[Array, ""]
 
     def __call__(self, z):
-        table = hermite_1d(self.degree, z)  # (n, r, D + 1)
-        columns = []
-        for j in range(self.degree + 1):
-            alphas = multi_indices(self.dim, j)
-            basis = jnp.prod(table[:, jnp.arange(self.dim)[None, :], alphas], axis=-1)
-            columns.append(jnp.sqrt(self.rho**j) * basis)
+        table = hermite_1d(self.degree, z)  # (n, r, D + 1), shared by every degree
+        columns = [jnp.sqrt(self.rho**j) * hermite_basis(self.dim, j, z, table) for j in range(self.degree + 1)]
         return jnp.concatenate(columns, axis=1)
 
 
