@@ -91,11 +91,61 @@ def _default_solver(dtype: jnp.dtype) -> diffrax.AbstractSolver:
     return diffrax.Kvaerno5(root_finder=optx.Newton(rtol=rtol, atol=atol))
 
 
+class RelativeFloor(diffrax.AbstractAdaptiveStepSizeController):
+    """Wraps an adaptive controller so that no step is shorter than
+    `factor · eps · max(|t|, 1)`: a step the inner controller rejects only for being
+    too long is accepted once it is at that floor (if the solver succeeded).
+
+    Escapes happen at `t ~ d^{s−1}` (10¹⁵ is ordinary for `s = 4`, 10⁶ already beyond
+    float32) but last `O(1)`, below the time variable's resolution `eps·t`: without
+    a floor the controller asks for steps that do not advance `t` and the solve ends
+    in `MAX_STEPS`. With it, the escape is stepped over at the floor, still located
+    to a relative `factor · eps` in time, and the stiff solver stays stable.
+    """
+
+    controller: diffrax.AbstractAdaptiveStepSizeController
+    factor: float = 8.0
+
+    @property
+    def rtol(self):
+        return self.controller.rtol
+
+    @property
+    def atol(self):
+        return self.controller.atol
+
+    @property
+    def norm(self):
+        return self.controller.norm
+
+    def _floor(self, t):
+        return self.factor * jnp.finfo(jnp.result_type(t)).eps * jnp.maximum(jnp.abs(t), 1.0)
+
+    def wrap(self, direction):
+        return eqx.tree_at(lambda s: s.controller, self, self.controller.wrap(direction))
+
+    def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
+        next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
+        return jnp.maximum(next_t1, t0 + self._floor(t0)), state
+
+    def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        keep, next_t0, next_t1, made_jump, state, result = self.controller.adapt_step_size(
+            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+        )
+        solved = jnp.all(jnp.stack([jnp.all(jnp.isfinite(e)) for e in jax.tree.leaves(y_error)]))
+        forced = ~keep & solved & (t1 - t0 <= 1.5 * self._floor(t0))
+        next_t0 = jnp.where(forced, t1, next_t0)
+        next_t1 = jnp.where(forced, t1 + (t1 - t0), next_t1)
+        next_t1 = jnp.maximum(next_t1, next_t0 + self._floor(next_t0))
+        return keep | forced, next_t0, next_t1, made_jump, state, result
+
+
 def default_controller(ts: Float[Array, " n"]) -> diffrax.AbstractStepSizeController:
     """A PID controller whose steps end on the save times, so saves are step end
-    points (solver accuracy) rather than dense-output interpolations (an order less)."""
+    points (solver accuracy) rather than dense-output interpolations (an order less),
+    and never shorter than the time variable can resolve (`RelativeFloor`)."""
     rtol, atol = default_tolerances(ts.dtype)
-    return diffrax.ClipStepSizeController(diffrax.PIDController(rtol=rtol, atol=atol), step_ts=ts)
+    return diffrax.ClipStepSizeController(RelativeFloor(diffrax.PIDController(rtol=rtol, atol=atol)), step_ts=ts)
 
 
 def _term() -> diffrax.ODETerm:
@@ -104,15 +154,29 @@ def _term() -> diffrax.ODETerm:
 
 def _status(result: diffrax.RESULTS, finite: Array) -> Array:
     code = jnp.where(
-        result == diffrax.RESULTS.successful,
+        (result == diffrax.RESULTS.successful) | (result == diffrax.RESULTS.event_occurred),
         Status.SUCCESS,
         jnp.where(result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.SOLVER_FAILED),
     )
     return jnp.where(finite, code, Status.NON_FINITE)
 
 
+def _converged(problem: AbstractProblem, dtype: jnp.dtype) -> diffrax.Event:
+    """Stop once the loss is within rounding of its global minimum: nothing is left
+    to learn, and the stiff tail's huge implicit steps would otherwise meet the flow's
+    neutral (rotation) directions at rounding level and stall (DESIGN §5a)."""
+    _, atol = default_tolerances(dtype)
+    eps = float(jnp.finfo(dtype).eps)
+
+    def cond_fn(t, y, args, **kwargs):
+        scale = jnp.maximum(args.link.norm2(), 1.0)
+        return args.loss(y) - args.minimum() <= atol + 16 * eps * scale
+
+    return diffrax.Event(cond_fn)
+
+
 @eqx.filter_jit
-def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoint) -> Trajectory:
+def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoint, steady_state=True) -> Trajectory:
     start_finite = jnp.isfinite(overlap0).all()
     sol = diffrax.diffeqsolve(
         _term(),
@@ -124,18 +188,23 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
         # iterations would otherwise couple it to the rest of the batch
         jnp.where(start_finite, overlap0, 0.0),
         args=problem,
-        saveat=diffrax.SaveAt(ts=ts),
+        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,
         adjoint=adjoint,
+        event=_converged(problem, ts.dtype) if steady_state else None,
         throw=False,
     )
-    saved = jnp.isfinite(sol.ys).all(axis=(-1, -2))
-    overlap = jnp.where(saved[:, None, None], sol.ys, jnp.nan)
-    safe = jnp.where(saved[:, None, None], sol.ys, 0.0)
+    ys, final = sol.ys
+    # after a steady-state stop, the saves past it hold the final state
+    stopped = sol.result == diffrax.RESULTS.event_occurred
+    ys = jnp.where(stopped & (ts > sol.ts[1][-1])[:, None, None], final[-1], ys)
+    saved = jnp.isfinite(ys).all(axis=(-1, -2))
+    overlap = jnp.where(saved[:, None, None], ys, jnp.nan)
+    safe = jnp.where(saved[:, None, None], ys, 0.0)
     loss = jnp.where(saved, jax.vmap(problem.loss)(safe), jnp.nan)
     singular = jnp.where(saved[:, None], principal_cosines(safe), jnp.nan)
-    reached = sol.result == diffrax.RESULTS.successful
+    reached = (sol.result == diffrax.RESULTS.successful) | stopped
     finite = jnp.where(reached, saved.all(), True) & start_finite
     return Trajectory(
         ts=ts,
@@ -162,6 +231,7 @@ def simulate_reduced(
     stepsize_controller: diffrax.AbstractStepSizeController | None = None,
     max_steps: int = 16384,
     adjoint: diffrax.AbstractAdjoint | None = None,
+    steady_state: bool = True,
 ) -> Trajectory:
     """Integrate the reduced dynamics of `M` from `M0` to `t1` (DESIGN §2–§3).
 
@@ -201,15 +271,15 @@ def simulate_reduced(
     if stepsize_controller is None:
         stepsize_controller = default_controller(ts)
     adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    return _solve(prob, M0, ts, solver, stepsize_controller, max_steps, adjoint)
+    return _solve(prob, M0, ts, solver, stepsize_controller, max_steps, adjoint, steady_state)
 
 
 def _crossing(trajectory: Trajectory, index: Int[Array, ""], threshold: float) -> Float[Array, ""]:
     """First time the `index`-th singular value reaches `threshold`: bracketed on the
     save grid, then located by re-integrating from the save before it with an event
-    on `det(A − threshold² I)`, `A = M Mᵀ` or `Mᵀ M` (whichever is `p × p`), which
-    changes sign when a singular value crosses `threshold` and is smooth in `M`
-    (a singular value is not, where two meet)."""
+    on `λ_index(A) − threshold²`, `A = M Mᵀ` or `Mᵀ M` (whichever is `p × p`, its
+    eigenvalues in decreasing order). (The smooth `det(A − threshold² I)` would also
+    stop at an earlier singular value crossing in the same bracket.)"""
     ts, values = trajectory.ts, trajectory.singular_values[:, index]
     above = jnp.nan_to_num(values, nan=-jnp.inf) >= threshold
     first = jnp.argmax(above)
@@ -218,7 +288,7 @@ def _crossing(trajectory: Trajectory, index: Int[Array, ""], threshold: float) -
 
     def distance(t, y, args, **kwargs):
         gram = y @ y.T if y.shape[0] <= y.shape[1] else y.T @ y
-        return jnp.linalg.det(gram - threshold**2 * jnp.eye(gram.shape[0], dtype=gram.dtype))
+        return jnp.linalg.eigvalsh(gram)[::-1][index] - threshold**2
 
     rtol, atol = default_tolerances(ts.dtype)
     sol = diffrax.diffeqsolve(
@@ -230,7 +300,7 @@ def _crossing(trajectory: Trajectory, index: Int[Array, ""], threshold: float) -
         jnp.nan_to_num(trajectory.overlap[left]),
         args=trajectory.problem,
         saveat=diffrax.SaveAt(t1=True),
-        stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        stepsize_controller=RelativeFloor(diffrax.PIDController(rtol=rtol, atol=atol)),
         event=diffrax.Event(distance, root_finder=optx.Newton(rtol=tol, atol=tol)),
         max_steps=4096,
         throw=False,

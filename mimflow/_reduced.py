@@ -51,6 +51,11 @@ class AbstractProblem(eqx.Module):
         """`Ṁ` under the problem's gradient flow."""
         raise NotImplementedError
 
+    def minimum(self) -> Float[Array, ""]:
+        """The loss's infimum over all overlaps with `r ≥ k` (reached when every
+        direction `f*` depends on is learned)."""
+        raise NotImplementedError
+
     def check_overlap(self, overlap: ArrayLike, name: str = "M") -> None:
         """Raise a `ValueError` naming `name` if `overlap` is not a finite `(k, r)` matrix."""
         shape = np.shape(overlap)
@@ -98,6 +103,10 @@ class TwoTimescale(AbstractProblem):
         gram = overlap @ overlap.T
         return 0.5 * (self.link.norm2() - _correlation(self.link, self.shrinkage(), gram))
 
+    def minimum(self) -> Float[Array, ""]:
+        """`ℒ(I) = ½(‖f*‖² − Σ_j s_j ‖T_j‖²)` (zero without ridge)."""
+        return 0.5 * (self.link.norm2() - _correlation(self.link, self.shrinkage(), jnp.eye(self.link.dim)))
+
     def vector_field(self, overlap: Float[Array, "k r"]) -> Float[Array, "k r"]:
         """`Ṁ = (I_k − G) B(G) M` (the Grassmann gradient flow, exact at every `d`)."""
         gram = overlap @ overlap.T
@@ -125,6 +134,10 @@ class Planted(AbstractProblem):
     def loss(self, overlap: Float[Array, "k k"]) -> Float[Array, ""]:
         """`L_pl(M) = ‖f*‖² − Σ_j ⟨T_j, M^{⊗j} T_j⟩`."""
         return self.link.norm2() - _correlation(self.link, _ones(self.link), overlap)
+
+    def minimum(self) -> Float[Array, ""]:
+        """`L_pl(I) = 0` (up to rounding), the global minimum at `W = W*`."""
+        return self.loss(jnp.eye(self.link.dim))
 
     def vector_field(self, overlap: Float[Array, "k k"]) -> Float[Array, "k k"]:
         """`Ṁ = −Γ + ½ M (MᵀΓ + ΓᵀM)`."""
