@@ -5,6 +5,7 @@ with gradient flow, Part I* (arXiv 2310.19793). See DESIGN.md for conventions.
 """
 
 from . import links as links
+from . import theory as theory
 from ._fits import RBF as RBF
 from ._fits import AbstractFit as AbstractFit
 from ._fits import AbstractFittedLink as AbstractFittedLink
