@@ -34,11 +34,12 @@ import warnings
 from collections.abc import Sequence
 from typing import Literal
 
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from ._link import Link
-from ._reduced import AbstractProblem, Planted, TwoTimescale, make_problem
+from ._reduced import AbstractProblem, Planted, TwoTimescale, _b_matrix, make_problem
 
 __all__ = ["Saddle", "Prediction", "predict", "ScalingFit", "fit_scaling", "Comparison", "compare", "saddle_durations"]
 
@@ -259,10 +260,12 @@ def predict(
     else:
         weights = dict.fromkeys(tensors, 1.0)
     degree = max(tensors, default=0)
-    scale = float(np.linalg.eigvalsh(_b_identity(tensors, weights, k))[-1])
+    # the scale against which coefficients are compared: λ_max(B(I)), B(I) = Σ_j s_j j T_j(1) T_j(1)ᵀ
+    scale = float(np.linalg.eigvalsh(np.asarray(_b_matrix(prob.link, weights, jnp.eye(k))))[-1])
     threshold = tol * scale
 
     def loss_at(basis: np.ndarray) -> float:
+        """The loss with `basis` learned (`G = P_U`); the planted plateau is at `M = 0`."""
         overlap = np.zeros((k, r))
         if name == "two-timescale":
             overlap[:, : basis.shape[1]] = basis
@@ -287,8 +290,6 @@ def predict(
             break
         order = np.argsort(values[keep])[::-1]
         values, vectors = values[keep][order], vectors[:, keep][:, order]
-        if saddles and name == "planted":
-            break
         room = r - learned.shape[1]
         if room <= 0:
             exhausted = True
@@ -323,15 +324,6 @@ def predict(
     final = loss_at(learned) if name == "two-timescale" else float(prob.loss(learned @ learned.T))
     information_exponent = saddles[0].relative_exponent if saddles else None
     return Prediction(name, k, r, information_exponent, tuple(saddles), final, irrelevant, unreachable, tuple(notes))
-
-
-def _b_identity(tensors: dict[int, np.ndarray], weights: dict[int, float], k: int) -> np.ndarray:
-    """`B(I) = Σ_j s_j j T_j(1) T_j(1)ᵀ`, the scale against which coefficients are compared."""
-    total = np.zeros((k, k))
-    for j, t in tensors.items():
-        if j >= 1:
-            total += weights[j] * j * t.reshape(k, -1) @ t.reshape(k, -1).T
-    return total
 
 
 # --- measured escape times against d -------------------------------------------------

@@ -19,3 +19,10 @@ def hermite(n, x):
     for m in range(1, n):
         previous, current = current, x * current - m * previous
     return current / math.sqrt(math.factorial(n))
+
+
+def random_orthonormal(rng, d, r):
+    """A `d × r` matrix with orthonormal columns: NumPy QR of a Gaussian matrix, with the
+    signs fixed so that it is Haar distributed (a rotation of ℝ^d when `r = d`, up to det)."""
+    q, upper = np.linalg.qr(rng.standard_normal((d, r)))
+    return q * np.sign(np.diag(upper))

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import hermite
+from helpers import hermite, random_orthonormal
 
 import mimflow
 from mimflow import links
@@ -45,10 +45,6 @@ def staircase_by_degree(z):
     return {1: z[..., 0], 2: z[..., 0] * z[..., 1]}
 
 
-def random_stiefel(rng, d, r):
-    return np.linalg.qr(rng.standard_normal((d, r)))[0]
-
-
 def random_orthogonal(rng, r, reflect=False):
     """A Haar-ish orthogonal `r × r` matrix; `reflect` flips one column (det = −1)."""
     q = np.linalg.qr(rng.standard_normal((r, r)))[0]
@@ -61,7 +57,7 @@ def random_orthogonal(rng, r, reflect=False):
 def point_with_overlap(rng, w_star, strength):
     """An orthonormal `W` tilted towards span(W*): `qr(strength·W* + (1 − strength)·G)`."""
     d, k = w_star.shape
-    return np.linalg.qr(strength * w_star + (1 - strength) * random_stiefel(rng, d, k))[0]
+    return np.linalg.qr(strength * w_star + (1 - strength) * random_orthonormal(rng, d, k))[0]
 
 
 def hermite_design(z, degree, rho):
@@ -146,7 +142,7 @@ def field_and_loss(flow, W):
 D_POP = 64
 T_POP = 30.0  # staircase escapes at ≈ 1–2 and ≈ 3–6 for d = 64: the whole saddle-to-saddle run
 SAVES = 256  # dense saves (escape times are interpolated between them, §8)
-W_STAR_POP = random_stiefel(np.random.default_rng(1), D_POP, 2)  # a generic W*, not [e1, e2]
+W_STAR_POP = random_orthonormal(np.random.default_rng(1), D_POP, 2)  # a generic W*, not [e1, e2]
 
 
 def population_case(name):
@@ -294,7 +290,7 @@ def test_finite_samples_approach_population_many_datasets():
 # ---------------------------------------------------------------------------
 
 D_KRR = 8
-W_STAR_KRR = random_stiefel(np.random.default_rng(0), D_KRR, 2)
+W_STAR_KRR = random_orthonormal(np.random.default_rng(0), D_KRR, 2)
 
 
 @eqx.filter_jit
@@ -344,7 +340,7 @@ def test_retracted_solver_refuses_cayley():
 
 def small_finite_flow():
     """A Hermite-features flow on 200 samples in d = 10, and a Haar start."""
-    target = mimflow.Target(links.staircase(2), random_stiefel(np.random.default_rng(2), 10, 2))
+    target = mimflow.Target(links.staircase(2), random_orthonormal(np.random.default_rng(2), 10, 2))
     flow = mimflow.TwoTimescaleFlow(target, mimflow.HermiteFeatures(2, 1e-3), target.sample(jax.random.PRNGKey(2), 200))
     return flow, mimflow.haar_stiefel(jax.random.PRNGKey(4), 10, 2)
 
@@ -393,7 +389,7 @@ def test_adaptive_steps_and_simulate_saves_orthonormal():
     # (b) the saves of `simulate`: with k = d the overlap W*ᵀW is W rotated by the orthogonal
     # W*, so its columns are orthonormal exactly when W's are.
     k = 4
-    square = random_stiefel(np.random.default_rng(3), k, k)
+    square = random_orthonormal(np.random.default_rng(3), k, k)
     traj = mimflow.simulate(
         mimflow.TwoTimescaleFlow(mimflow.Target(links.staircase(k), square)),
         mimflow.haar_stiefel(jax.random.PRNGKey(5), k, 2),
@@ -424,7 +420,7 @@ def rotation_defects(flow, W, O):
 
 def test_vector_field_equivariant_under_right_rotation():
     d, n = 9, 150
-    target = mimflow.Target(links.staircase(2), random_stiefel(np.random.default_rng(6), d, 2))
+    target = mimflow.Target(links.staircase(2), random_orthonormal(np.random.default_rng(6), d, 2))
     data = target.sample(jax.random.PRNGKey(6), n)
     flows = {
         "population": mimflow.TwoTimescaleFlow(target),
@@ -434,7 +430,7 @@ def test_vector_field_equivariant_under_right_rotation():
         "rbf": mimflow.TwoTimescaleFlow(target, mimflow.KernelRidge(mimflow.RBF(1.5), 0.05), data),
     }
     rng = np.random.default_rng(7)
-    W = jnp.asarray(random_stiefel(rng, d, 2))
+    W = jnp.asarray(random_orthonormal(rng, d, 2))
     for reflect in [False, True]:
         O = jnp.asarray(random_orthogonal(rng, 2, reflect))
         for name, flow in flows.items():
@@ -472,7 +468,7 @@ D_ROT, N_ROT = 12, 300
 def finite_rotation_runs():
     """An offline Hermite-features flow from W0 and from W0 O (fixed Euler steps, QR
     retraction), with a held-out test set."""
-    target = mimflow.Target(links.staircase(2), random_stiefel(np.random.default_rng(10), D_ROT, 2))
+    target = mimflow.Target(links.staircase(2), random_orthonormal(np.random.default_rng(10), D_ROT, 2))
     data = target.sample(jax.random.PRNGKey(10), N_ROT)
     test = target.sample(jax.random.PRNGKey(11), 500)
     flow = mimflow.TwoTimescaleFlow(target, mimflow.HermiteFeatures(3, 0.01, 0.8), data)
@@ -583,7 +579,7 @@ def train_and_test(flow, W, test):
 
 def test_label_noise_variance_and_population_ignores_it(getkey):
     d, sigma, n = 6, 0.3, 200_000
-    w_star = random_stiefel(np.random.default_rng(14), d, 2)
+    w_star = random_orthonormal(np.random.default_rng(14), d, 2)
     noisy = mimflow.Target(links.staircase(2), w_star, noise=sigma)
     clean = mimflow.Target(links.staircase(2), w_star)
     data = noisy.sample(getkey(), n)
@@ -625,7 +621,7 @@ def numpy_losses(kind, X, y, X_test, y_test, W):
 @pytest.mark.parametrize("kind", ["hermite", "mehler", "planted"])
 def test_train_and_test_loss_match_numpy(kind):
     d, n = 7, 250
-    w_star = random_stiefel(np.random.default_rng(16), d, 2)
+    w_star = random_orthonormal(np.random.default_rng(16), d, 2)
     target = mimflow.Target(links.staircase(2), w_star, noise=0.2)
     data, test = target.sample(jax.random.PRNGKey(16), n), target.sample(jax.random.PRNGKey(17), 400)
     if kind == "planted":
@@ -653,7 +649,7 @@ def test_population_fitted_link_and_test_loss_match_quadrature():
     # population fits: f_W(v) = Σ_j s_j E[f*_j(Mv + (I − G)^{1/2}ξ)], s_j = 1 (fit=None) or
     # ρ^j/(ρ^j + μ) (Mehler kernel ridge); the train loss is undefined (nan)
     d = 7
-    w_star = random_stiefel(np.random.default_rng(19), d, 2)
+    w_star = random_orthonormal(np.random.default_rng(19), d, 2)
     target = mimflow.Target(links.staircase(2), w_star)
     test = target.sample(jax.random.PRNGKey(19), 300)
     X, y = np.asarray(test.X), np.asarray(test.y)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_orthonormal
 from numpy.polynomial import hermite_e
 from scipy.integrate import quad
 
@@ -91,11 +92,6 @@ def evaluate(link, z):
 
 def points(k, seed=0):
     return np.random.default_rng(seed).standard_normal((NUM_POINTS, k))
-
-
-def random_orthogonal(rng, m, k):
-    q, r = np.linalg.qr(rng.standard_normal((m, k)))
-    return q * np.sign(np.diag(r))
 
 
 @functools.cache
@@ -481,13 +477,13 @@ def test_transform_rotation_and_embedding():
     link = Link.from_hermite(coeffs)
     f_np = lambda x: sum(c * h_alpha_np(a, x) for a, c in coeffs.items())
 
-    q = random_orthogonal(rng, 3, 3)
+    q = random_orthonormal(rng, 3, 3)
     z = points(3)
     # row-wise Qᵀ z is z @ Q
     np.testing.assert_allclose(evaluate(link.transform(q), z), f_np(z @ q), rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(float(link.transform(q).norm2()), float(link.norm2()), rtol=1e-12)
 
-    a = random_orthogonal(rng, 4, 3)  # embedding ℝ³ → ℝ⁴
+    a = random_orthonormal(rng, 4, 3)  # embedding ℝ³ → ℝ⁴
     embedded = link.transform(a)
     assert embedded.dim == 4
     z4 = points(4)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.integrate
-from helpers import array_module, hermite
+from helpers import array_module, hermite, random_orthonormal
 
 import mimflow
 from mimflow import links
@@ -323,10 +323,6 @@ def ambient_loss(f, degree, problem, w, ridge=0.0, rho=1.0, num_nodes=5):
     return fit_loss(f, degree, u, v, jnp.asarray(weights), ridge, rho)
 
 
-def random_stiefel(rng, d, r):
-    return np.linalg.qr(rng.standard_normal((d, r)))[0]
-
-
 @pytest.mark.parametrize(
     "problem, name, r, ridge, rho",
     [
@@ -352,7 +348,7 @@ def test_vector_field_vs_ambient_gradient(problem, name, r, ridge, rho):
     loss = jax.jit(loss)
     rng = np.random.default_rng(100 + r)
     for _ in range(3):
-        w = random_stiefel(rng, D_SMALL, r)
+        w = random_orthonormal(rng, D_SMALL, r)
         overlap = w[:2]
         g = np.asarray(grad(jnp.asarray(w)))
         velocity = grassmann_velocity(w, g) if problem == "two-timescale" else stiefel_velocity(w, g)
@@ -455,7 +451,7 @@ def flow_pair(problem):
     """(reduced trajectory, brute-force W(t), brute-force loss) from one random W0."""
     coeffs = COEFFS_STAIR if problem == "two-timescale" else COEFFS_P
     link = links.staircase(2) if problem == "two-timescale" else mimflow.Link.from_hermite(COEFFS_P)
-    w0 = random_stiefel(np.random.default_rng(2024), D_FLOW, 2)
+    w0 = random_orthonormal(np.random.default_rng(2024), D_FLOW, 2)
     traj = mimflow.simulate_reduced(link, w0[:2], T1, problem=problem, num_saves=NUM_SAVES)
     ws, losses = brute_force_flow(hermite_function(coeffs), 3, problem, w0, np.asarray(traj.ts))
     return traj, ws, losses
@@ -522,7 +518,7 @@ TIGHT = diffrax.PIDController(rtol=1e-12, atol=1e-14)
 
 @pytest.mark.parametrize("r", [2, 1])
 def test_loss_and_log_det_monotone_along_two_timescale_trajectories(r):
-    w0 = random_stiefel(np.random.default_rng(3), D_FLOW, r)
+    w0 = random_orthonormal(np.random.default_rng(3), D_FLOW, r)
     traj = mimflow.simulate_reduced(links.staircase(2), w0[:2], T1, num_saves=NUM_SAVES, stepsize_controller=TIGHT)
     assert int(traj.status) == mimflow.Status.SUCCESS
     loss = np.asarray(traj.loss)

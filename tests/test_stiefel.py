@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import scipy.stats
+from helpers import random_orthonormal
 
 import mimflow
 
@@ -23,11 +24,6 @@ METHODS = ("qr", "polar", "cayley")
 # ---------------------------------------------------------------------------
 # Independent helpers (NumPy only)
 # ---------------------------------------------------------------------------
-
-
-def np_orthonormal(rng, d, r):
-    """A `d × r` matrix with orthonormal columns (NumPy QR of a Gaussian matrix)."""
-    return np.linalg.qr(rng.standard_normal((d, r)))[0]
 
 
 def np_horizontal(rng, W, scale=1.0):
@@ -99,7 +95,7 @@ def test_haar_law(getkey):
     # invariance in law: a fixed linear statistic of W, of Q W and of W O (independent samples)
     rng = np.random.default_rng(0)
     A = rng.standard_normal((d, r))
-    Q, O = np_orthonormal(rng, d, d), np_orthonormal(rng, r, r)
+    Q, O = random_orthonormal(rng, d, d), random_orthonormal(rng, r, r)
     stat = lambda Ws: np.einsum("ij,nij->n", A, Ws)
     other = np.asarray(sample(getkey()))
     assert scipy.stats.ks_2samp(stat(Ws), stat(Q @ other)).pvalue > 1e-3
@@ -118,7 +114,7 @@ def test_haar_law(getkey):
 @pytest.mark.parametrize("method", METHODS)
 def test_retraction_orthonormal(method):
     rng = np.random.default_rng(1)
-    W = np_orthonormal(rng, 7, 3)
+    W = random_orthonormal(rng, 7, 3)
     steps = [
         np_horizontal(rng, W, 0.7),
         np_stiefel_tangent(rng, W, 0.7),
@@ -141,7 +137,7 @@ def test_retraction_second_order_grassmann(method):
     divides it by ≈ 1000 (a first-order retraction would give ≈ 100; we ask for > 300).
     The subspaces are compared through their projectors `RRᵀ` (the Grassmann point)."""
     rng = np.random.default_rng(2)
-    W = np_orthonormal(rng, 8, 3)
+    W = random_orthonormal(rng, 8, 3)
     V = np_horizontal(rng, W)
     errors = []
     for t in (1e-1, 1e-2):
@@ -160,7 +156,7 @@ def test_retraction_second_order_matrix(method):
     (QR does not: `qr(W + tV) = G(t) + t² W S + O(t³)` with `S` skew — a rotation
     within the subspace — which is why the QR check above uses projectors.)"""
     rng = np.random.default_rng(3)
-    W = np_orthonormal(rng, 8, 3)
+    W = random_orthonormal(rng, 8, 3)
     V = np_horizontal(rng, W)
     errors = [
         np.linalg.norm(np.asarray(mimflow.retract(jnp.asarray(W), jnp.asarray(t * V), method)) - geodesic(W, V, t))
@@ -176,7 +172,7 @@ def test_retraction_first_order_stiefel(method):
     retraction gives an error ratio ≈ 100 when t shrinks tenfold; an O(t) defect gives
     ≈ 10, so we ask for > 50."""
     rng = np.random.default_rng(4)
-    W = np_orthonormal(rng, 6, 3)
+    W = random_orthonormal(rng, 6, 3)
     V = np_stiefel_tangent(rng, W)
     assert np.linalg.norm(W.T @ V + V.T @ W) < 1e-14 and np.linalg.norm(W.T @ V) > 0.1
     errors = [
@@ -192,7 +188,7 @@ def test_retraction_formulas():
     [0.5, 1.7] here), so 1e-12 leaves two orders of magnitude over float64 round-off."""
     rng = np.random.default_rng(5)
     d, r = 7, 3
-    W = np_orthonormal(rng, d, r)
+    W = random_orthonormal(rng, d, r)
     V = 0.3 * rng.standard_normal((d, r))
     M = W + V
     Wj, Vj = jnp.asarray(W), jnp.asarray(V)
@@ -263,7 +259,7 @@ def projection_matrix(W, metric):
 def test_tangent_projection(metric):
     rng = np.random.default_rng(6)
     d, r = 7, 3
-    W = np_orthonormal(rng, d, r)
+    W = random_orthonormal(rng, d, r)
     V, U = rng.standard_normal((d, r)), rng.standard_normal((d, r))
     P = lambda X: np.asarray(mimflow.project_tangent(jnp.asarray(W), jnp.asarray(X), metric))
     PV, PU = P(V), P(U)
@@ -294,7 +290,7 @@ def test_stiefel_projection_is_nearest_tangent():
     `{W S + W_⊥ B : S skew}`."""
     rng = np.random.default_rng(7)
     d, r = 5, 2
-    W = np_orthonormal(rng, d, r)
+    W = random_orthonormal(rng, d, r)
     complement = scipy.linalg.null_space(W.T)
     basis = []
     for i in range(r):
@@ -323,7 +319,7 @@ def test_stiefel_projection_is_nearest_tangent():
 def test_principal_angles_against_scipy(r, s):
     rng = np.random.default_rng(8 + r + 10 * s)
     d = 9
-    W, U = np_orthonormal(rng, d, r), np_orthonormal(rng, d, s)
+    W, U = random_orthonormal(rng, d, r), random_orthonormal(rng, d, s)
     angles = np.asarray(mimflow.principal_angles(jnp.asarray(W), jnp.asarray(U)))
     reference = np.sort(scipy.linalg.subspace_angles(W, U))  # SciPy: largest first
     assert angles.shape == (min(r, s),)
@@ -407,7 +403,7 @@ def retract_polar_np(W, V):
 
 def test_bad_input(getkey):
     key = getkey()
-    W = jnp.asarray(np_orthonormal(np.random.default_rng(10), 5, 2))
+    W = jnp.asarray(random_orthonormal(np.random.default_rng(10), 5, 2))
     with pytest.raises(ValueError, match=r"d=3, r=5"):
         mimflow.haar_stiefel(key, 3, 5)
     with pytest.raises(ValueError, match=r"d=4\.0"):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import random_orthonormal
 
 import mimflow
 from mimflow import links, theory
@@ -32,18 +33,13 @@ def _projector(basis):
     return q @ q.T
 
 
-def _random_rotation(k, seed):
-    q, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((k, k)))
-    return q * np.sign(np.diag(r))
-
-
 @pytest.mark.parametrize("rotate", [False, True], ids=["aligned", "rotated"])
 @pytest.mark.parametrize(("name", "link", "expected", "levels"), CATALOGUE, ids=[c[0] for c in CATALOGUE])
 def test_catalogue_saddle_sequence(name, link, expected, levels, rotate):
     """Exponents, laws, directions (as subspaces) and plateau levels of the DESIGN
     catalogue; a random rotation Q of the link rotates the directions by Q and
     changes nothing else."""
-    rotation = _random_rotation(link.dim, seed=len(name)) if rotate else np.eye(link.dim)
+    rotation = random_orthonormal(np.random.default_rng(len(name)), link.dim, link.dim) if rotate else np.eye(link.dim)
     prediction = theory.predict(link.transform(rotation) if rotate else link)
     assert prediction.information_exponent == expected[0][0]
     assert [s.relative_exponent for s in prediction.saddles] == [s for s, _ in expected]
