@@ -609,3 +609,62 @@ def test_simulate_reduced_rejects_bad_input(link, M0, kwargs, name):
     t1 = kwargs.pop("t1")
     with pytest.raises(ValueError, match=f"`?{name}`?"):
         mimflow.simulate_reduced(link, M0, t1, **kwargs)
+
+
+def _h4_crossing(m0, threshold=0.5):
+    """h4 single index, ṁ = 4 m⁷ (1 − m²): ∫ dm / (4m⁷(1 − m²)) by partial fractions."""
+    F = lambda m: -1 / (6 * m**6) - 1 / (4 * m**4) - 1 / (2 * m**2) + math.log(m) - 0.5 * math.log(1 - m**2)
+    return (F(threshold) - F(m0)) / 4
+
+
+def test_late_escape_after_a_learned_direction_and_steady_state_stop():
+    """h4(z1) + h4(z2) from a diagonal M0 decouples into two single-index flows with closed
+    forms (B(G) is diagonal for diagonal G when the degree is ≥ 2): the first direction
+    is learned at t ≈ 6·10¹³, the second escapes at t ≈ 10¹⁵, where float64 time resolves
+    only steps ≳ 0.1 (the README's limit). Both escape times match the closed form, the
+    run ends in SUCCESS by the steady-state stop, and every save after it holds the
+    learned state (loss 0, singular values 1)."""
+    m_a, m_b = 3e-3, (24 * 1e15) ** (-1 / 6)
+    link = links.hermite(4, 2, 0) + links.hermite(4, 2, 1)
+    traj = mimflow.simulate_reduced(link, jnp.diag(jnp.array([m_a, m_b])), 1e20, num_saves=96)
+    assert int(traj.status) == Status.SUCCESS
+    expected = [_h4_crossing(m_a), _h4_crossing(m_b)]
+    assert expected[1] > 5e14
+    np.testing.assert_allclose(mimflow.escape_times(traj), expected, rtol=1e-6)
+    tail = np.asarray(traj.ts) > 2 * expected[1]
+    np.testing.assert_allclose(np.asarray(traj.singular_values)[tail], 1.0, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(traj.loss)[tail], 0.0, atol=1e-10)
+
+
+def _h2_time(alpha, m0, m):
+    """h2 single index, u = m², u̇ = 4α² u²(1 − u): t(u) = [−1/u + log(u/(1 − u))]/(4α²) from u0."""
+    F = lambda u: -1 / u + math.log(u / (1 - u))
+    return (F(m**2) - F(m0**2)) / (4 * alpha**2)
+
+
+def test_converged_tail_to_huge_t1_succeeds():
+    """h2(z1) + 0.8 h2(z2) from a diagonal start to t1 = 10²⁴ (such tails stalled in
+    MAX_STEPS before the steady-state stop): SUCCESS, both escape times equal the closed
+    form, and the saves of the tail hold the learned state."""
+    m0 = 1e-2
+    link = links.hermite(2, 2, 0) + links.hermite(2, 2, 1) * 0.8
+    traj = mimflow.simulate_reduced(link, m0 * jnp.eye(2), 1e24, num_saves=64)
+    assert int(traj.status) == Status.SUCCESS
+    expected = [_h2_time(1.0, m0, 0.5), _h2_time(0.8, m0, 0.5)]
+    # solver rtol 1e-9, amplified near the escape
+    np.testing.assert_allclose(mimflow.escape_times(traj), expected, rtol=1e-7)
+    tail = np.asarray(traj.ts) > 1e6
+    np.testing.assert_allclose(np.asarray(traj.singular_values)[tail], 1.0, atol=1e-9)
+
+
+def test_two_crossings_in_one_save_bracket_are_told_apart():
+    """With saves at 0, 10⁻², ~3, 1000 both directions of h2(z1) + 0.9 h2(z2) cross ½ in the
+    last bracket: each escape time is its own closed-form crossing (an event on the
+    determinant of MMᵀ − ¼I stopped at the first for both)."""
+    m0 = 0.05
+    link = links.hermite(2, 2, 0) + links.hermite(2, 2, 1) * 0.9
+    traj = mimflow.simulate_reduced(link, m0 * jnp.eye(2), 1000.0, num_saves=4)
+    expected = [_h2_time(1.0, m0, 0.5), _h2_time(0.9, m0, 0.5)]
+    assert float(traj.ts[2]) < expected[0] < expected[1] < 1000.0
+    # solver rtol 1e-9, amplified near the escape
+    np.testing.assert_allclose(mimflow.escape_times(traj), expected, rtol=1e-7)
