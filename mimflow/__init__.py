@@ -6,6 +6,10 @@ with gradient flow, Part I* (arXiv 2310.19793). See DESIGN.md for conventions.
 
 from . import links as links
 from . import theory as theory
+from ._experiments import AbstractExperiment as AbstractExperiment
+from ._experiments import FlowExperiment as FlowExperiment
+from ._experiments import ReducedExperiment as ReducedExperiment
+from ._experiments import padded_normal as padded_normal
 from ._fits import RBF as RBF
 from ._fits import AbstractFit as AbstractFit
 from ._fits import AbstractFittedLink as AbstractFittedLink
@@ -46,5 +50,9 @@ from ._stiefel import haar_stiefel as haar_stiefel
 from ._stiefel import principal_angles as principal_angles
 from ._stiefel import project_tangent as project_tangent
 from ._stiefel import retract as retract
+from ._summaries import loss_area as loss_area
+from ._summaries import smooth_escape_time as smooth_escape_time
+from ._sweep import grid_points as grid_points
+from ._sweep import sweep as sweep
 
 __version__ = "0.1.0"

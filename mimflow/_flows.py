@@ -217,8 +217,10 @@ class TwoTimescaleFlow(AbstractFlow):
             overlap = self.target.overlap(W)
             return -self.target.W_star @ self.reduced.B(overlap @ overlap.T) @ overlap
         batch = _batch(self.data, self.target, t)
-        fitted = jax.lax.stop_gradient(self.fit.fit(batch.X @ W, batch.y))
-        return _envelope_gradient(fitted, batch, W)
+        # no stop_gradient on the fit: its value does not change the envelope gradient,
+        # but differentiating the flow (implicit solvers, `jax.grad` through a solve)
+        # needs how `f̂` moves with `W` and with the fit's hyperparameters
+        return _envelope_gradient(self.fit.fit(batch.X @ W, batch.y), batch, W)
 
     def loss(self, W):
         return (self.reduced or TwoTimescale(self.target.link)).loss(self.target.overlap(W))

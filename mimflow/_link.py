@@ -203,8 +203,7 @@ class Link(eqx.Module):
         tensors = dict(self.tensors)
         for j, t in other.tensors.items():
             tensors[j] = tensors[j] + t if j in tensors else t
-        residual = (jnp.sqrt(jnp.maximum(self.residual, 0.0)) + jnp.sqrt(jnp.maximum(other.residual, 0.0))) ** 2
-        return Link(tensors, self.dim, residual)
+        return Link(tensors, self.dim, (_safe_sqrt(self.residual) + _safe_sqrt(other.residual)) ** 2)
 
     def __mul__(self, scale: float) -> "Link":
         if not isinstance(scale, Real | jax.Array | np.ndarray) or np.ndim(scale) != 0:
@@ -214,6 +213,13 @@ class Link(eqx.Module):
         return Link(tensors, self.dim, scale**2 * self.residual)
 
     __rmul__ = __mul__
+
+
+def _safe_sqrt(x: Array) -> Array:
+    """`√max(x, 0)` with a zero (not `nan`) derivative at `x ≤ 0`, so links built by `+`
+    can be differentiated (their residual is usually exactly 0)."""
+    positive = x > 0
+    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
 
 
 @eqx.filter_jit

@@ -1,0 +1,373 @@
+"""Experiments: one point of a sweep (a seed, a dimension, hyperparameters) → a `Trajectory`.
+
+An experiment is an equinox module whose arrays (the link, the key, `t1`, default
+hyperparameters) are leaves and whose sizes are static, so `jax.vmap(experiment)`
+over a dict of per-point values runs a whole grid in one compiled program and
+`jax.grad` differentiates an outcome with respect to any swept value.
+"""
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optimistix as optx
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._checks import check_range
+from ._fits import AbstractFit, HermiteFeatures, KernelRidge, Mehler
+from ._flows import Dataset, PlantedFlow, Population, Target, TwoTimescaleFlow
+from ._integrate import (
+    RelativeFloor,
+    Trajectory,
+    _default_solver,
+    _solve,
+    check_time_grid,
+    default_controller,
+    default_tolerances,
+    save_times,
+)
+from ._link import Link
+from ._manifold import RetractedSolver
+from ._manifold import _solve as _solve_manifold
+from ._overlap import sample_overlap
+from ._reduced import ProblemName, make_problem
+from ._stiefel import _qr_positive
+
+Point = Mapping[str, Array | Link]
+
+
+class AbstractExperiment(eqx.Module):
+    """One simulation per grid point: `experiment(point)` maps a dict of per-point values
+    (keys among `axes`, each a scalar, or a `Link` under `"link"`) to a `Trajectory`.
+    Values missing from `point` take the experiment's defaults.
+
+    `seed` selects the randomness: the point's key is `jax.random.fold_in(key, seed)`,
+    the same at every `d` and every hyperparameter (common random numbers), so the
+    result at a point does not depend on the rest of the grid.
+    """
+
+    link: eqx.AbstractVar[Link]
+    key: eqx.AbstractVar[PRNGKeyArray]
+    t1: eqx.AbstractVar[Float[Array, ""]]
+    d: eqx.AbstractVar[Float[Array, ""] | None]
+    r: eqx.AbstractVar[int]
+    num_saves: eqx.AbstractVar[int]
+    t_min: eqx.AbstractVar[float]
+
+    axes: ClassVar[frozenset[str]] = frozenset()
+
+    def __call__(self, point: Point) -> Trajectory:
+        raise NotImplementedError
+
+    def save_times(self) -> Float[Array, " n"]:
+        """The save grid shared by every point."""
+        return save_times(self.t1, self.num_saves, self.t_min)
+
+    def check_axes(self, axes: Mapping[str, np.ndarray | list[Link]]) -> None:
+        """Raise a `ValueError` naming the axis and value for an axis this experiment does
+        not sweep or a value outside its domain (values are already 1-D and finite)."""
+        for name in axes:
+            if name not in self.axes:
+                raise ValueError(f"{type(self).__name__} has no sweep axis {name!r}; its axes are {sorted(self.axes)}")
+        for link in axes.get("link", []):
+            if link.dim != self.link.dim:
+                raise ValueError(
+                    f"sweep axis 'link' holds a link on k={link.dim}, but the experiment has k={self.link.dim}"
+                )
+        k = self.link.dim
+        if "d" not in axes and self.d is None:
+            raise ValueError(f"{type(self).__name__} needs a dimension: a sweep axis 'd' or the field `d`")
+        for value in np.asarray(axes.get("d", [])):
+            if value < k + self.r:
+                raise ValueError(f"sweep axis 'd' has value {value:g} < k + r = {k + self.r}")
+        for value in np.asarray(axes.get("seed", [])):
+            if value < 0 or value != np.round(value):
+                raise ValueError(f"sweep axis 'seed' must hold integers ≥ 0, got {value!r}")
+        for name in ("ridge", "noise"):
+            for value in np.asarray(axes.get(name, [])):
+                if value < 0:
+                    raise ValueError(f"sweep axis {name!r} has value {value:g} < 0")
+        for value in np.asarray(axes.get("rho", [])):
+            if not 0 < value <= 1:
+                raise ValueError(f"sweep axis 'rho' has value {value:g} outside (0, 1]")
+        for name in ("rtol", "atol"):
+            for value in np.asarray(axes.get(name, [])):
+                if value <= 0:
+                    raise ValueError(f"sweep axis {name!r} has value {value:g} ≤ 0")
+
+    def working_bytes(self) -> int:
+        """An estimate of the memory one point needs while it runs (bytes)."""
+        raise NotImplementedError
+
+    def _key(self, point: Point) -> PRNGKeyArray:
+        return jax.random.fold_in(self.key, jnp.asarray(point.get("seed", 0), jnp.uint32))
+
+
+def _scalar(name: str, value: float | None, low: float, low_open: bool = False) -> Array | None:
+    if value is None:
+        return None
+    check_range(name, value, low=low, low_open=low_open)
+    return jnp.asarray(value, dtype=float)
+
+
+def _check_sizes(r: int, num_saves: int, max_steps: int, t1: float, t_min: float) -> None:
+    if not isinstance(r, int) or r < 1:
+        raise ValueError(f"`r` must be an integer ≥ 1, got {r!r}")
+    check_time_grid(t1, t_min, num_saves, max_steps)
+
+
+class ReducedExperiment(AbstractExperiment):
+    """The reduced dynamics of `M` (`simulate_reduced`) from the exact law of a Haar
+    start at dimension `d` (`sample_overlap`), so `d` is just a number and may be swept.
+
+    **Axes:** `seed`, `d`, `link` (links of one structure), and for the two-timescale
+    problem `ridge`, `rho`; `rtol`, `atol` (the step controller's tolerances).
+
+    **Example:**
+    ```python
+    experiment = ReducedExperiment(links.staircase(2), jax.random.key(0), t1=1e4)
+    trajectory = experiment({"seed": 3, "d": 1e3})
+    ```
+    """
+
+    link: Link
+    key: PRNGKeyArray
+    t1: Float[Array, ""]
+    d: Float[Array, ""] | None
+    ridge: Float[Array, ""]
+    rho: Float[Array, ""]
+    r: int = eqx.field(static=True)
+    problem: ProblemName = eqx.field(static=True)
+    num_saves: int = eqx.field(static=True)
+    t_min: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+
+    axes: ClassVar[frozenset[str]] = frozenset({"seed", "d", "link", "ridge", "rho", "rtol", "atol"})
+
+    def __init__(
+        self,
+        link: Link,
+        key: PRNGKeyArray,
+        t1: float,
+        *,
+        r: int | None = None,
+        d: float | None = None,
+        problem: ProblemName = "two-timescale",
+        ridge: float = 0.0,
+        rho: float = 1.0,
+        num_saves: int = 128,
+        t_min: float = 1e-2,
+        max_steps: int = 16384,
+    ):
+        if not isinstance(link, Link):
+            raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
+        r = link.dim if r is None else r
+        _check_sizes(r, num_saves, max_steps, t1, t_min)
+        make_problem(link, problem, ridge=ridge, rho=rho)  # checks problem, ridge, rho
+        if problem == "planted" and r != link.dim:
+            raise ValueError(f"the planted problem needs r = k = {link.dim}, got r={r}")
+        self.link, self.key, self.r, self.problem = link, key, r, problem
+        self.t1 = jnp.asarray(t1, dtype=float)
+        self.d = _scalar("d", d, low=link.dim + r)
+        self.ridge, self.rho = jnp.asarray(ridge, dtype=float), jnp.asarray(rho, dtype=float)
+        self.num_saves, self.t_min, self.max_steps = num_saves, float(t_min), max_steps
+
+    def check_axes(self, axes):
+        if self.problem == "planted":
+            for name in ("ridge", "rho"):
+                if name in axes:
+                    raise ValueError(f"sweep axis {name!r} is for the two-timescale problem, not 'planted'")
+        super().check_axes(axes)
+
+    def __call__(self, point: Point) -> Trajectory:
+        link = point.get("link", self.link)
+        d = point.get("d", self.d)
+        overlap0 = sample_overlap(self._key(point), d, link.dim, self.r)
+        ridge, rho = point.get("ridge", self.ridge), point.get("rho", self.rho)
+        problem = (
+            make_problem(link, self.problem) if self.problem == "planted" else make_problem(link, ridge=ridge, rho=rho)
+        )
+        ts = self.save_times()
+        solver = _default_solver(ts.dtype)
+        controller = default_controller(ts, point.get("rtol"), point.get("atol"))
+        return _solve(problem, overlap0, ts, solver, controller, self.max_steps, diffrax.RecursiveCheckpointAdjoint())
+
+    def working_bytes(self) -> int:
+        state = self.link.dim * self.r * 8
+        return 64 * state + 4 * self.num_saves * state
+
+
+class PaddedNorm(eqx.Module):
+    """The RMS norm of the `d × r` state stored in `d_max × r` arrays whose extra rows are
+    zero: `rms_norm(y) · √(d_max / d)`, so step control is that of the unpadded run."""
+
+    size: Float[Array, ""]
+    padded_size: int = eqx.field(static=True)
+
+    def __call__(self, y):
+        return optx.rms_norm(y) * jnp.sqrt(self.padded_size / self.size)
+
+
+def padded_normal(key: PRNGKeyArray, d: Float[ArrayLike, ""], d_max: int, shape: tuple[int, ...]) -> Array:
+    """`(d_max, *shape)` standard normals whose row `i` is drawn from `fold_in(key, i)`
+    and set to zero for `i ≥ d`: the first `d` rows do not depend on `d_max`, so a
+    padded draw restricted to `d` rows equals the unpadded one."""
+    rows = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape))(jnp.arange(d_max))
+    inside = (jnp.arange(d_max) < d).reshape((d_max,) + (1,) * len(shape))
+    return jnp.where(inside, rows, 0.0)
+
+
+class FlowExperiment(AbstractExperiment):
+    """A d-dimensional flow of `W ∈ St(d, r)` (`simulate`), stored padded to `d_max`
+    rows so that `d` can be swept in one compiled call: every array of dimension `d`
+    (`W*`, `W0`, the data `X`) has zero rows (columns of `X`) beyond `d`, and the
+    step controller measures the unpadded state (`PaddedNorm`), so a padded run equals
+    the unpadded one to rounding.
+
+    Per point and seed: `W*` and `W0` Haar (Q factors of Gaussian matrices), `n`
+    samples `x ~ N(0, I_d)` with labels `f*(W*ᵀx) + σε` (`n=None`: the population).
+
+    **Axes:** `seed`, `d` (integers ≤ `d_max`), `link`, `ridge` and `rho` (the fit's:
+    `KernelRidge(Mehler(ρ), μ)` or `HermiteFeatures(D, μ, ρ)`; `ridge` for any fit),
+    `noise` (finite data), `rtol`, `atol`.
+
+    **Example:**
+    ```python
+    experiment = FlowExperiment(links.hermite(2), key, t1=50.0, d_max=64, n=2000,
+                                fit=KernelRidge(Mehler(0.5), 1e-3), noise=0.1)
+    trajectory = experiment({"seed": 0, "d": 32, "ridge": 1e-2})
+    ```
+    """
+
+    link: Link
+    key: PRNGKeyArray
+    t1: Float[Array, ""]
+    d: Float[Array, ""] | None
+    fit: AbstractFit | None
+    noise: Float[Array, ""]
+    solver: diffrax.AbstractSolver
+    d_max: int = eqx.field(static=True)
+    r: int = eqx.field(static=True)
+    n: int | None = eqx.field(static=True)
+    problem: ProblemName = eqx.field(static=True)
+    num_saves: int = eqx.field(static=True)
+    t_min: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+
+    axes: ClassVar[frozenset[str]] = frozenset({"seed", "d", "link", "ridge", "rho", "noise", "rtol", "atol"})
+
+    def __init__(
+        self,
+        link: Link,
+        key: PRNGKeyArray,
+        t1: float,
+        *,
+        d_max: int,
+        r: int | None = None,
+        d: int | None = None,
+        n: int | None = None,
+        fit: AbstractFit | None = None,
+        noise: float = 0.0,
+        problem: ProblemName = "two-timescale",
+        solver: diffrax.AbstractSolver | None = None,
+        num_saves: int = 64,
+        t_min: float = 1e-2,
+        max_steps: int = 16384,
+    ):
+        if not isinstance(link, Link):
+            raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
+        r = link.dim if r is None else r
+        _check_sizes(r, num_saves, max_steps, t1, t_min)
+        if not isinstance(d_max, int) or d_max < link.dim + r:
+            raise ValueError(f"`d_max` must be an integer ≥ k + r = {link.dim + r}, got {d_max!r}")
+        if n is not None and (not isinstance(n, int) or n < 1):
+            raise ValueError(f"`n` must be None (population) or an integer ≥ 1, got {n!r}")
+        if problem not in ("two-timescale", "planted"):
+            raise ValueError(f"`problem` must be 'two-timescale' or 'planted', got {problem!r}")
+        if problem == "planted" and (fit is not None or r != link.dim):
+            raise ValueError(f"the planted flow has no fit and needs r = k = {link.dim}, got fit={fit!r}, r={r}")
+        if problem == "two-timescale" and n is not None and fit is None:
+            raise ValueError("finite data (`n`) needs a `fit` (KernelRidge, RandomFeatures, HermiteFeatures), got None")
+        if fit is not None and not isinstance(fit, AbstractFit):
+            raise ValueError(f"`fit` must be a mimflow fit or None, got {type(fit).__name__}")
+        if d is not None and (not isinstance(d, int) or not link.dim + r <= d <= d_max):
+            raise ValueError(f"`d` must be an integer in [k + r, d_max] = [{link.dim + r}, {d_max}], got {d!r}")
+        check_range("noise", noise, low=0.0)
+        self.link, self.key, self.fit, self.r, self.d_max, self.n, self.problem = link, key, fit, r, d_max, n, problem
+        self.t1 = jnp.asarray(t1, dtype=float)
+        self.d = None if d is None else jnp.asarray(d, dtype=float)
+        self.noise = jnp.asarray(noise, dtype=float)
+        self.solver = RetractedSolver(diffrax.Tsit5() if solver is None else solver)
+        self.num_saves, self.t_min, self.max_steps = num_saves, float(t_min), max_steps
+
+    def check_axes(self, axes):
+        super().check_axes(axes)
+        for value in np.asarray(axes.get("d", [])):
+            if value > self.d_max or value != np.round(value):
+                raise ValueError(f"sweep axis 'd' must hold integers ≤ d_max = {self.d_max}, got {value:g}")
+        if "ridge" in axes and self.fit is None:
+            raise ValueError("sweep axis 'ridge' needs a `fit` with a ridge, got fit=None")
+        if "rho" in axes and not _has_rho(self.fit):
+            raise ValueError(
+                f"sweep axis 'rho' needs KernelRidge(Mehler(...)) or HermiteFeatures, got fit={self.fit!r}"
+            )
+        if "rho" in axes and isinstance(self.fit, KernelRidge) and np.any(np.asarray(axes["rho"]) >= 1):
+            raise ValueError(f"sweep axis 'rho' must be < 1 for the Mehler kernel, got {np.max(axes['rho']):g}")
+        if "noise" in axes and self.n is None:
+            raise ValueError("sweep axis 'noise' needs finite data (`n`); the population flow does not see noise")
+
+    def inputs(self, point: Point) -> tuple[Target, Float[Array, "d_max r"], Dataset | Population, AbstractFit | None]:
+        """The padded target, start `W0`, data and fit of a point (for inspection and tests)."""
+        link = point.get("link", self.link)
+        d = point.get("d", self.d)
+        key_star, key_start, key_x, key_noise = jax.random.split(self._key(point), 4)
+        W_star = _qr_positive(padded_normal(key_star, d, self.d_max, (link.dim,)))
+        W0 = _qr_positive(padded_normal(key_start, d, self.d_max, (self.r,)))
+        target = Target(link, W_star, point.get("noise", self.noise))
+        data: Dataset | Population = Population()
+        if self.n is not None:
+            X = padded_normal(key_x, d, self.d_max, (self.n,)).T
+            y = link(X @ W_star) + target.noise * jax.random.normal(key_noise, (self.n,), X.dtype)
+            data = Dataset(X, y)
+        fit = self.fit
+        if "ridge" in point:
+            fit = eqx.tree_at(lambda f: f.ridge, fit, point["ridge"])
+        if "rho" in point:
+            fit = eqx.tree_at(lambda f: f.kernel.rho if isinstance(f, KernelRidge) else f.rho, fit, point["rho"])
+        return target, W0, data, fit
+
+    def __call__(self, point: Point) -> Trajectory:
+        target, W0, data, fit = self.inputs(point)
+        if self.problem == "planted":
+            flow = PlantedFlow(target, data)
+        else:
+            flow = TwoTimescaleFlow(target, fit, data)
+        return _solve_manifold(
+            flow, W0, self.save_times(), self.solver, self.controller(point), None, self.max_steps, None
+        )
+
+    def controller(self, point: Point) -> diffrax.AbstractStepSizeController:
+        """The step controller of a point: a PID controller on the unpadded state
+        (`PaddedNorm`) with `RelativeFloor`, whose saves are dense-output interpolations.
+        (Steps clipped to the save times, `simulate`'s default, give `nan` gradients
+        under `vmap` with finite-data fits.)"""
+        rtol, atol = default_tolerances(self.t1.dtype)
+        d = point.get("d", self.d)
+        norm = PaddedNorm(jnp.asarray(d, dtype=float) * self.r, self.d_max * self.r)
+        pid = diffrax.PIDController(rtol=point.get("rtol", rtol), atol=point.get("atol", atol), norm=norm)
+        return RelativeFloor(pid)
+
+    def working_bytes(self) -> int:
+        n = 0 if self.n is None else self.n
+        gram = n * n if isinstance(self.fit, KernelRidge) else 0
+        return 8 * (
+            4 * n * self.d_max + 2 * gram + 16 * self.d_max * self.r + 4 * self.num_saves * self.link.dim * self.r
+        )
+
+
+def _has_rho(fit: AbstractFit | None) -> bool:
+    return isinstance(fit, HermiteFeatures) or (isinstance(fit, KernelRidge) and isinstance(fit.kernel, Mehler))

@@ -1,0 +1,230 @@
+"""Sweeps over seeds × dimensions × hyperparameters: one compiled, vmapped program,
+run in chunks that fit in memory and sharded over every device (DESIGN §4, `sweep`)."""
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from jaxtyping import Array, ArrayLike
+
+from ._experiments import AbstractExperiment
+from ._integrate import Status, escape_times
+from ._link import Link
+
+_BATCH = "batch"
+Axes = Mapping[str, ArrayLike | Sequence[Link]]
+
+
+def _check_link_axis(values: object) -> list[Link]:
+    links = [values] if isinstance(values, Link) else list(values)  # type: ignore[call-overload]
+    if not links:
+        raise ValueError("sweep axis 'link' is empty")
+    for i, link in enumerate(links):
+        if not isinstance(link, Link):
+            raise ValueError(f"sweep axis 'link' must hold mimflow.Link objects, got {type(link).__name__} at {i}")
+    degrees = sorted({j for link in links for j in link.tensors})
+    return [link.with_degrees(degrees) for link in links]
+
+
+def _check_axes(axes: Axes) -> dict[str, np.ndarray | list[Link]]:
+    """Each axis a non-empty 1-D list of finite values (or of `Link`s for `"link"`)."""
+    if not isinstance(axes, Mapping) or not axes:
+        raise ValueError(f"`axes` must be a non-empty dict of axis name → values, got {axes!r}")
+    checked: dict[str, np.ndarray | list[Link]] = {}
+    for name, values in axes.items():
+        if name == "link":
+            checked[name] = _check_link_axis(values)
+            continue
+        try:
+            array = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"sweep axis {name!r} must hold numbers, got {values!r}") from None
+        if array.ndim != 1:
+            raise ValueError(f"sweep axis {name!r} must be 1-D, got shape {array.shape}")
+        if array.size == 0:
+            raise ValueError(f"sweep axis {name!r} is empty")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"sweep axis {name!r} has non-finite value {array[~np.isfinite(array)][0]}")
+        checked[name] = array
+    return checked
+
+
+def _points(axes: Mapping[str, np.ndarray | list[Link]], flat_index: np.ndarray) -> dict[str, Array | Link]:
+    """Per-point values at flat (C-order) grid indices."""
+    shape = tuple(len(values) for values in axes.values())
+    indices = np.unravel_index(flat_index, shape)
+    points: dict[str, Array | Link] = {}
+    for (name, values), index in zip(axes.items(), indices, strict=True):
+        if name == "link":
+            stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *values)
+            points[name] = jax.tree.map(lambda leaf, index=index: leaf[index], stacked)
+        elif name == "seed":
+            points[name] = jnp.asarray(values[index].astype(np.uint32))
+        else:
+            points[name] = jnp.asarray(values[index], dtype=float)
+    return points
+
+
+def grid_points(axes: Axes) -> dict[str, Array | Link]:
+    """The points of the grid `axes` (the Cartesian product, last axis fastest) as a dict
+    of arrays with one leading batch axis, ready for `jax.vmap(experiment)`: the
+    differentiable counterpart of `sweep`.
+
+    **Example:**
+    ```python
+    points = grid_points({"seed": range(8), "d": [1e3]})
+    loss = lambda ridge: jax.vmap(experiment)({**points, "ridge": ridge + 0 * points["d"]}).loss[:, -1].mean()
+    ```
+    """
+    checked = _check_axes(axes)
+    return _points(checked, np.arange(math.prod(len(v) for v in checked.values())))
+
+
+def _outputs(experiment: AbstractExperiment, point, threshold: float) -> dict[str, Array]:
+    trajectory = experiment(point)
+    outputs = {
+        "loss": trajectory.loss,
+        "singular_values": trajectory.singular_values,
+        "overlap": trajectory.overlap,
+        "escape_time": escape_times(trajectory, threshold),
+        "status": trajectory.status,
+        "num_steps": trajectory.num_steps,
+    }
+    if trajectory.train_loss is not None:
+        outputs["train_loss"] = trajectory.train_loss
+    return outputs
+
+
+_DIMS = {
+    "loss": ("time",),
+    "train_loss": ("time",),
+    "singular_values": ("time", "direction"),
+    "overlap": ("time", "k", "r"),
+    "escape_time": ("direction",),
+    "status": (),
+    "num_steps": (),
+}
+
+
+@eqx.filter_jit
+def _run(experiment: AbstractExperiment, points, threshold: float) -> dict[str, Array]:
+    """One chunk: `vmap` over its points. With points sharded over a mesh, XLA splits
+    the batch (and the vmapped step loops) across the devices."""
+    return jax.vmap(lambda point: _outputs(experiment, point, threshold))(points)
+
+
+def _available_bytes(device: jax.Device) -> int:
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # backends without memory statistics
+        stats = {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _chunk_size(experiment: AbstractExperiment, total: int, batch_size: int | None, num_devices: int) -> int:
+    """Points per compiled call: `batch_size`, or as many as fit in a quarter of the free
+    memory of a device by the experiment's estimate; a multiple of the device count."""
+    if batch_size is None:
+        p = min(experiment.link.dim, experiment.r)
+        output_bytes = 8 * experiment.num_saves * (3 + p + experiment.link.dim * experiment.r)
+        per_device = _available_bytes(jax.devices()[0]) // 4 // (experiment.working_bytes() + output_bytes)
+        batch_size = max(1, min(total, per_device * num_devices))
+    elif not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be None or an integer ≥ 1, got {batch_size!r}")
+    return -(-min(batch_size, total) // num_devices) * num_devices
+
+
+def _gather(outputs: dict[str, Array]) -> dict[str, np.ndarray]:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        return {
+            name: np.asarray(value) for name, value in multihost_utils.process_allgather(outputs, tiled=True).items()
+        }
+    return {name: np.asarray(value) for name, value in jax.device_get(outputs).items()}
+
+
+def _dataset(experiment: AbstractExperiment, axes, arrays: dict[str, np.ndarray]) -> xr.Dataset:
+    names = list(axes)
+    shape = tuple(len(values) for values in axes.values())
+    coords: dict[str, np.ndarray] = {
+        name: np.arange(len(values)) if name == "link" else values.astype(int) if name == "seed" else values
+        for name, values in axes.items()
+    }
+    coords["time"] = np.asarray(experiment.save_times())
+    data = {name: (names + list(_DIMS[name]), array.reshape(shape + array.shape[1:])) for name, array in arrays.items()}
+    attrs = {
+        "experiment": type(experiment).__name__,
+        "problem": experiment.problem,
+        "k": experiment.link.dim,
+        "r": experiment.r,
+        "status_codes": ", ".join(f"{s.value} {s.name}" for s in Status),
+    }
+    return xr.Dataset(data, coords=coords, attrs=attrs)
+
+
+def sweep(
+    experiment: AbstractExperiment,
+    axes: Axes,
+    *,
+    batch_size: int | None = None,
+    devices: Sequence[jax.Device] | None = None,
+    escape_threshold: float = 0.5,
+) -> xr.Dataset:
+    """Run `experiment` at every point of the grid `axes` (their Cartesian product) in one
+    compiled, vmapped program, and return the results as a labelled dataset.
+
+    The grid is cut into chunks of `batch_size` points (default: as many as fit in a
+    quarter of a device's free memory by the experiment's estimate); every chunk has
+    the same shape, so the program compiles once, and a second sweep with new values
+    (not new sizes) reuses it. Each chunk is split over `devices` (default: all of
+    `jax.devices()`) along a one-axis `Mesh`; results do not depend on the chunking
+    or on the number of devices.
+
+    **Arguments:**
+    - `experiment`: a `ReducedExperiment` or `FlowExperiment`.
+    - `axes`: `{name: values}`, e.g. `{"seed": range(16), "d": [1e2, 1e3], "ridge": [0, 0.1]}`;
+      `"link"` takes a list of `Link`s. Names must be among `experiment.axes`.
+    - `escape_threshold`: the singular value that counts as learned (`escape_times`).
+
+    **Returns:** an `xarray.Dataset` with one dimension per axis (in the order given),
+    then `time`, `direction` (`p = min(k, r)`), `k`, `r`; variables `loss`,
+    `singular_values`, `overlap`, `escape_time`, `status` (a `Status` code), `num_steps`,
+    and `train_loss` for finite-sample flows.
+
+    **Example:**
+    ```python
+    experiment = ReducedExperiment(links.staircase(2), jax.random.key(0), t1=1e6)
+    results = sweep(experiment, {"seed": range(64), "d": [1e2, 1e3, 1e4], "ridge": [0.0, 0.1]})
+    results.escape_time.median("seed")
+    ```
+    """
+    if not isinstance(experiment, AbstractExperiment):
+        raise ValueError(f"`experiment` must be a mimflow experiment, got {type(experiment).__name__}")
+    checked = _check_axes(axes)
+    experiment.check_axes(checked)
+    devices = list(jax.devices() if devices is None else devices)
+    if not devices:
+        raise ValueError("`devices` is empty")
+    mesh = Mesh(np.array(devices), (_BATCH,)) if len(devices) > 1 else None
+    total = math.prod(len(values) for values in checked.values())
+    chunk = _chunk_size(experiment, total, batch_size, len(devices))
+    # the last chunk is filled up with copies of the first point, then dropped
+    flat = np.concatenate([np.arange(total), np.zeros(-total % chunk, dtype=int)])
+    parts = []
+    for start in range(0, flat.size, chunk):
+        points = _points(checked, flat[start : start + chunk])
+        if mesh is not None:
+            points = jax.device_put(points, NamedSharding(mesh, P(_BATCH)))
+        parts.append(_gather(_run(experiment, points, escape_threshold)))
+    arrays = {name: np.concatenate([part[name] for part in parts])[:total] for name in parts[0]}
+    return _dataset(experiment, checked, arrays)

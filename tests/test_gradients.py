@@ -1,0 +1,92 @@
+"""Gradients of whole experiments (`jax.grad` through diffrax) against central finite
+differences, for each hyperparameter: ridge μ, Mehler ρ, a link coefficient and the
+label noise σ; and the smooth summaries against their definitions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import trapezoid
+
+import mimflow
+from mimflow import links
+
+
+def _central_difference(fn, params, name, relative_step=1e-4):
+    step = relative_step * abs(float(params[name]))
+    up, down = dict(params), dict(params)
+    up[name] = params[name] + step
+    down[name] = params[name] - step
+    return (np.asarray(fn(up)) - np.asarray(fn(down))) / (2 * step)
+
+
+def _summaries(trajectory, index):
+    return jnp.stack(
+        [trajectory.loss[-1], mimflow.loss_area(trajectory), mimflow.smooth_escape_time(trajectory, index, 0.5, 0.05)]
+    )
+
+
+def _assert_gradients_match(fn, params, tol=1e-4):
+    jacobian = jax.jacrev(fn)(params)
+    forward = jax.jit(fn)
+    for name in params:
+        exact = np.asarray(jacobian[name])
+        finite = _central_difference(forward, params, name)
+        assert np.all(np.isfinite(exact)), name
+        scale = np.maximum(np.abs(finite), 1e-3 * np.max(np.abs(finite)))
+        assert np.all(np.abs(exact - finite) <= tol * scale), (name, exact, finite)
+        assert np.max(np.abs(exact)) > 1e-6, name  # the outcome does depend on it
+
+
+def test_reduced_gradients_over_a_grid():
+    """Mean over a vmapped grid of seeds of the loss at T, the log-time area under the
+    loss and the smooth escape time of the second direction, differentiated with
+    respect to the ridge, the Mehler ρ and the h3 coefficient of the link."""
+    experiment = mimflow.ReducedExperiment(
+        links.hermite(1, 2, 0) + links.hermite(3, 2, 1), jax.random.PRNGKey(0), 300.0, d=60.0, num_saves=24
+    )
+    points = mimflow.grid_points({"seed": [0, 1]})
+
+    def outcome(params):
+        link = links.hermite(1, 2, 0) + params["c"] * links.hermite(3, 2, 1)
+        run = lambda point: experiment({**point, "link": link, "ridge": params["ridge"], "rho": params["rho"]})
+        return jax.vmap(lambda point: _summaries(run(point), 1))(points).mean(axis=0)
+
+    params = {"ridge": jnp.asarray(0.1), "rho": jnp.asarray(0.8), "c": jnp.asarray(1.2)}
+    _assert_gradients_match(outcome, params)
+
+
+def test_flow_gradients_finite_samples():
+    """A kernel-ridge two-timescale flow on n samples in d = 8: gradients of the loss at
+    T, the loss area and the smooth escape time with respect to ridge, ρ and noise σ."""
+    experiment = mimflow.FlowExperiment(
+        links.hermite(1) + links.hermite(2),
+        jax.random.PRNGKey(2),
+        10.0,
+        d=8,
+        d_max=8,
+        n=64,
+        fit=mimflow.KernelRidge(mimflow.Mehler(0.5), 1e-2),
+        num_saves=12,
+    )
+
+    def outcome(params):
+        return _summaries(experiment({"seed": jnp.uint32(3), **params}), 0)
+
+    params = {"ridge": jnp.asarray(1e-2), "rho": jnp.asarray(0.5), "noise": jnp.asarray(0.3)}
+    _assert_gradients_match(outcome, params)
+
+
+def test_smooth_summaries_against_definitions():
+    link = links.hermite(1, 2, 0) + links.hermite(3, 2, 1)
+    overlap0 = mimflow.sample_overlap(jax.random.PRNGKey(4), 100.0, 2, 2)
+    trajectory = mimflow.simulate_reduced(link, overlap0, 1e6, num_saves=600)
+    exact = np.asarray(mimflow.escape_times(trajectory))
+    assert np.all(exact < 1e5)
+    for index in (0, 1):
+        smooth = float(mimflow.smooth_escape_time(trajectory, index, 0.5, 0.002))
+        assert smooth == pytest.approx(exact[index], rel=0.02)
+    # a threshold never reached: the whole span, t1
+    assert float(mimflow.smooth_escape_time(trajectory, 1, 1.5, 0.002)) == pytest.approx(1e6, rel=1e-9)
+    ts, loss = np.asarray(trajectory.ts), np.asarray(trajectory.loss)
+    assert float(mimflow.loss_area(trajectory)) == pytest.approx(trapezoid(loss[1:], np.log(ts[1:])), rel=1e-12)

@@ -1,0 +1,269 @@
+"""Sweeps (`mimflow.sweep`): equal to the same points run one by one through the public
+simulators, also chunked, padded over d and sharded; no recompilation for new values;
+bad grids rejected with the axis and value named."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import mimflow
+from mimflow import links
+
+LINK = links.hermite(1, 2, 0) + links.hermite(3, 2, 1)
+AXES = {"seed": [0, 3], "d": [50.0, 400.0], "ridge": [0.0, 0.2]}
+T1, SAVES = 300.0, 12
+
+
+@pytest.fixture(scope="module")
+def reduced():
+    experiment = mimflow.ReducedExperiment(LINK, jax.random.PRNGKey(7), T1, num_saves=SAVES)
+    return experiment, mimflow.sweep(experiment, AXES)
+
+
+@pytest.fixture(scope="module")
+def one_by_one():
+    """Each grid point through `simulate_reduced`, from the documented start:
+    `sample_overlap(fold_in(key, seed), d, k, r)`."""
+    results = {}
+    for seed in AXES["seed"]:
+        for d in AXES["d"]:
+            for ridge in AXES["ridge"]:
+                overlap0 = mimflow.sample_overlap(jax.random.fold_in(jax.random.PRNGKey(7), seed), d, 2, 2)
+                trajectory = mimflow.simulate_reduced(LINK, overlap0, T1, ridge=ridge, num_saves=SAVES)
+                results[seed, d, ridge] = trajectory, np.asarray(mimflow.escape_times(trajectory))
+    return results
+
+
+def _assert_matches(dataset, one_by_one, tol=1e-12):
+    assert dataset.loss.dims == ("seed", "d", "ridge", "time")
+    assert dataset.overlap.dims == ("seed", "d", "ridge", "time", "k", "r")
+    for (seed, d, ridge), (trajectory, escape) in one_by_one.items():
+        at = dataset.sel(seed=seed, d=d, ridge=ridge)
+        np.testing.assert_allclose(at.overlap.values, trajectory.overlap, rtol=0, atol=tol)
+        np.testing.assert_allclose(at.loss.values, trajectory.loss, rtol=0, atol=tol)
+        np.testing.assert_allclose(at.singular_values.values, trajectory.singular_values, rtol=0, atol=tol)
+        np.testing.assert_allclose(at.escape_time.values, escape, rtol=tol, atol=0)
+        assert int(at.status) == int(trajectory.status) == mimflow.Status.SUCCESS
+        assert int(at.num_steps) == int(trajectory.num_steps)
+    np.testing.assert_array_equal(dataset.time.values, mimflow.save_times(T1, SAVES, 1e-2))
+
+
+def test_reduced_sweep_equals_points_one_by_one(reduced, one_by_one):
+    experiment, dataset = reduced
+    assert dict(dataset.sizes) == {"seed": 2, "d": 2, "ridge": 2, "time": SAVES, "direction": 2, "k": 2, "r": 2}
+    np.testing.assert_array_equal(dataset.seed.values, [0, 3])
+    _assert_matches(dataset, one_by_one)
+    # the ridge really changes the flow (the sweep did not broadcast one point)
+    assert np.abs(dataset.loss.sel(ridge=0.0) - dataset.loss.sel(ridge=0.2)).max() > 1e-3
+
+
+def test_chunked_sweep_equals_points_one_by_one(reduced, one_by_one):
+    experiment, _ = reduced
+    chunked = mimflow.sweep(experiment, AXES, batch_size=3)  # 8 points: chunks of 3, the last one padded
+    _assert_matches(chunked, one_by_one)
+
+
+def test_link_axis_sweeps_coefficients(reduced):
+    """Links of one structure are stacked along an axis: each point equals its own run."""
+    experiment, _ = reduced
+    family = [links.hermite(1, 2, 0) + c * links.hermite(3, 2, 1) for c in (0.5, 1.5)]
+    dataset = mimflow.sweep(experiment, {"link": family, "seed": [2], "d": [50.0]})
+    assert dataset.loss.dims == ("link", "seed", "d", "time")
+    overlap0 = mimflow.sample_overlap(jax.random.fold_in(jax.random.PRNGKey(7), 2), 50.0, 2, 2)
+    for i, link in enumerate(family):
+        trajectory = mimflow.simulate_reduced(link, overlap0, T1, num_saves=SAVES)
+        np.testing.assert_allclose(dataset.loss.isel(link=i, seed=0, d=0).values, trajectory.loss, rtol=0, atol=1e-12)
+    assert np.abs(dataset.loss.isel(link=0) - dataset.loss.isel(link=1)).max() > 1e-2
+
+
+FLOW_SAVES = 10
+
+
+def _flow_experiment(fit, n, noise=0.0, d_max=12):
+    return mimflow.FlowExperiment(
+        links.hermite(1, 2, 0) + links.hermite(2, 2, 1),
+        jax.random.PRNGKey(3),
+        15.0,
+        d_max=d_max,
+        n=n,
+        fit=fit,
+        noise=noise,
+        num_saves=FLOW_SAVES,
+    )
+
+
+@pytest.mark.parametrize(
+    "fit, n", [(None, None), (mimflow.KernelRidge(mimflow.Mehler(0.5), 1e-3), 120)], ids=["population", "kernel"]
+)
+def test_padded_flow_sweep_equals_unpadded_runs(fit, n):
+    """d is swept by zero-padding to d_max; each point equals `simulate` on the unpadded
+    `W*`, `W0` and data (the first d rows of the padded draws) to 1e-10."""
+    experiment = _flow_experiment(fit, n, noise=0.2 if n else 0.0)
+    dims = [6, 9, 12]
+    dataset = mimflow.sweep(experiment, {"seed": [0, 1], "d": dims})
+    for seed in (0, 1):
+        for d in dims:
+            target, W0, data, fitted = experiment.inputs({"seed": jnp.uint32(seed), "d": jnp.float64(d)})
+            # the padding is zero, and W*, W0 have orthonormal columns in ℝ^d
+            assert np.all(np.asarray(target.W_star)[d:] == 0) and np.all(np.asarray(W0)[d:] == 0)
+            np.testing.assert_allclose(W0[:d].T @ W0[:d], np.eye(2), atol=1e-13)
+            flow = mimflow.TwoTimescaleFlow(
+                mimflow.Target(target.link, target.W_star[:d], target.noise),
+                fitted,
+                None if n is None else mimflow.Dataset(np.asarray(data.X)[:, :d], data.y),
+            )
+            # the same controller as the experiment's, on the unpadded state (d_max = d)
+            controller = _flow_experiment(fit, n, d_max=d).controller({"d": jnp.float64(d)})
+            trajectory = mimflow.simulate(flow, W0[:d], 15.0, num_saves=FLOW_SAVES, stepsize_controller=controller)
+            at = dataset.sel(seed=seed, d=d)
+            assert int(at.status) == mimflow.Status.SUCCESS
+            np.testing.assert_allclose(at.overlap.values, trajectory.overlap, rtol=0, atol=1e-10)
+            np.testing.assert_allclose(at.loss.values, trajectory.loss, rtol=0, atol=1e-10)
+            if n is not None:
+                np.testing.assert_allclose(at.train_loss.values, trajectory.train_loss, rtol=0, atol=1e-10)
+    assert np.all(dataset.escape_time.values[..., 0] < 15.0)  # the h1 direction is learned
+
+
+def test_new_values_do_not_recompile():
+    """A second sweep with the same sizes but new seeds, dimensions, noise and links
+    compiles nothing (counted with jax.monitoring's backend-compile events)."""
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    experiment = _flow_experiment(mimflow.HermiteFeatures(2, 1e-3, 0.9), 60)
+    first = {"seed": [0, 1], "d": [6, 8], "noise": [0.1], "link": [experiment.link, 0.5 * experiment.link]}
+    second = {"seed": [5, 9], "d": [7, 12], "noise": [0.3], "link": [2.0 * experiment.link, experiment.link]}
+    a = mimflow.sweep(experiment, first)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        b = mimflow.sweep(experiment, second)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiles == []
+    assert not np.allclose(a.loss.values, b.loss.values)  # the values were used
+    # and a new size does compile (the counter works)
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        mimflow.sweep(experiment, {**second, "seed": [1, 2, 3]})
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert len(compiles) > 0
+
+
+SHARDED = textwrap.dedent(
+    """
+    import jax, jax.numpy as jnp, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    import mimflow
+    from mimflow import links
+    from mimflow._sweep import _points, _run, _check_axes
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    assert len(jax.devices()) == 4, jax.devices()
+    experiment = mimflow.FlowExperiment(links.hermite(1, 2, 0) + links.hermite(2, 2, 1), jax.random.PRNGKey(3),
+                                        15.0, d_max=10, num_saves=8)
+    axes = {"seed": [0, 1, 2], "d": [6, 10]}
+    sharded = mimflow.sweep(experiment, axes)                     # 6 points over 4 devices (padded to 8)
+    single = mimflow.sweep(experiment, axes, devices=jax.devices()[:1])
+    chunked = mimflow.sweep(experiment, axes, batch_size=4)       # chunks of 4 over 4 devices
+    for name in single.data_vars:
+        for other in (sharded, chunked):
+            np.testing.assert_allclose(other[name].values, single[name].values, rtol=1e-12, atol=1e-12, err_msg=name)
+            if not np.array_equal(other[name].values, single[name].values, equal_nan=True):
+                print("not bitwise:", name, np.nanmax(np.abs(other[name].values - single[name].values)))
+    assert (single.status.values == 0).all()
+    # the work is split: each device holds one slice of the batch
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    points = jax.device_put(_points(_check_axes(axes), np.arange(4)), NamedSharding(mesh, P("batch")))
+    out = _run(experiment, points, 0.5)
+    assert len(out["loss"].sharding.device_set) == 4 and not out["loss"].sharding.is_fully_replicated
+    print("ok")
+    """
+)
+
+
+def test_sharded_sweep_equals_one_device():
+    """On 4 (forced host) CPU devices: bitwise equal to one device and to chunks."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=600)
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def _reduced_experiment(**kwargs):
+    return mimflow.ReducedExperiment(LINK, jax.random.PRNGKey(0), 10.0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "axes, words",
+    [
+        ({"seed": [], "d": [100.0]}, ["'seed'", "empty"]),
+        ({"d": [100.0, 3.0]}, ["'d'", "3", "k + r = 4"]),
+        ({"d": [100.0], "ridge": [0.1, np.nan]}, ["'ridge'", "nan"]),
+        ({"d": [100.0], "rho": [np.inf]}, ["'rho'", "inf"]),
+        ({"d": [100.0], "rho": [0.0]}, ["'rho'", "0"]),
+        ({"d": [100.0], "ridge": [-1.0]}, ["'ridge'", "-1"]),
+        ({"d": [100.0], "seed": [-1]}, ["'seed'", "-1"]),
+        ({"d": [100.0], "seed": [1.5]}, ["'seed'", "1.5"]),
+        ({"d": [[100.0, 200.0]]}, ["'d'", "1-D"]),
+        ({"d": [100.0], "lr": [0.1]}, ["'lr'", "ReducedExperiment"]),
+        ({"d": ["big"]}, ["'d'", "big"]),
+        ({"d": [100.0], "link": []}, ["'link'", "empty"]),
+        ({"d": [100.0], "link": [links.hermite(2)]}, ["'link'", "k=1"]),
+        ({"seed": [0]}, ["'d'"]),
+        ({}, ["axes"]),
+    ],
+)
+def test_bad_reduced_grids(axes, words):
+    with pytest.raises(ValueError) as error:
+        mimflow.sweep(_reduced_experiment(), axes)
+    for word in words:
+        assert word in str(error.value), (word, str(error.value))
+
+
+@pytest.mark.parametrize(
+    "experiment, axes, words",
+    [
+        (_flow_experiment(None, None), {"d": [6, 13]}, ["'d'", "13", "d_max = 12"]),
+        (_flow_experiment(None, None), {"d": [6.5]}, ["'d'", "6.5"]),
+        (_flow_experiment(None, None), {"d": [6], "noise": [0.1]}, ["'noise'", "population"]),
+        (_flow_experiment(None, None), {"d": [6], "ridge": [0.1]}, ["'ridge'", "fit=None"]),
+        (_flow_experiment(mimflow.KernelRidge(mimflow.Mehler(0.5)), 10), {"d": [6], "rho": [1.0]}, ["'rho'", "1"]),
+        (_flow_experiment(mimflow.KernelRidge(mimflow.RBF()), 10), {"d": [6], "rho": [0.5]}, ["'rho'", "Mehler"]),
+        (_reduced_experiment(problem="planted", d=100.0), {"ridge": [0.1]}, ["'ridge'", "planted"]),
+    ],
+)
+def test_bad_flow_grids(experiment, axes, words):
+    with pytest.raises(ValueError) as error:
+        mimflow.sweep(experiment, axes)
+    for word in words:
+        assert word in str(error.value), (word, str(error.value))
+
+
+def test_bad_sweep_arguments():
+    with pytest.raises(ValueError, match="batch_size"):
+        mimflow.sweep(_reduced_experiment(d=100.0), {"seed": [0]}, batch_size=0)
+    with pytest.raises(ValueError, match="experiment"):
+        mimflow.sweep(lambda point: point, {"seed": [0]})
+    with pytest.raises(ValueError, match="d_max"):
+        mimflow.FlowExperiment(LINK, jax.random.PRNGKey(0), 1.0, d_max=3)
+    with pytest.raises(ValueError, match="`n`"):
+        mimflow.FlowExperiment(LINK, jax.random.PRNGKey(0), 1.0, d_max=8, n=0, fit=mimflow.HermiteFeatures(2))
+    with pytest.raises(ValueError, match="t1"):
+        mimflow.ReducedExperiment(LINK, jax.random.PRNGKey(0), -1.0)
+
+
+def test_grid_points_order():
+    """C order, last axis fastest, the same order as the dataset's dimensions."""
+    points = mimflow.grid_points({"seed": [4, 5], "d": [10.0, 20.0, 30.0]})
+    np.testing.assert_array_equal(points["seed"], [4, 4, 4, 5, 5, 5])
+    np.testing.assert_array_equal(points["d"], [10, 20, 30, 10, 20, 30])
