@@ -85,8 +85,8 @@ class AbstractExperiment(eqx.Module):
             if value < k + self.r:
                 raise ValueError(f"sweep axis 'd' has value {value:g} < k + r = {k + self.r}")
         for value in np.asarray(axes.get("seed", [])):
-            if value < 0 or value != np.round(value):
-                raise ValueError(f"sweep axis 'seed' must hold integers ≥ 0, got {value!r}")
+            if not 0 <= value < 2**32 or value != np.round(value):
+                raise ValueError(f"sweep axis 'seed' must hold integers in [0, 2³²), got {value:g}")
         for name in ("ridge", "noise"):
             for value in np.asarray(axes.get(name, [])):
                 if value < 0:
@@ -114,10 +114,15 @@ def _scalar(name: str, value: float | None, low: float, low_open: bool = False) 
     return jnp.asarray(value, dtype=float)
 
 
-def _check_sizes(r: int, num_saves: int, max_steps: int, t1: float, t_min: float) -> None:
+def _check_common(link: Link, r: int | None, t1: float, t_min: float, num_saves: int, max_steps: int) -> int:
+    """Check the arguments every experiment takes; return `r` (default `k`)."""
+    if not isinstance(link, Link):
+        raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
+    r = link.dim if r is None else r
     if not isinstance(r, int) or r < 1:
         raise ValueError(f"`r` must be an integer ≥ 1, got {r!r}")
     check_time_grid(t1, t_min, num_saves, max_steps)
+    return r
 
 
 class ReducedExperiment(AbstractExperiment):
@@ -163,10 +168,7 @@ class ReducedExperiment(AbstractExperiment):
         t_min: float = 1e-2,
         max_steps: int = 16384,
     ):
-        if not isinstance(link, Link):
-            raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
-        r = link.dim if r is None else r
-        _check_sizes(r, num_saves, max_steps, t1, t_min)
+        r = _check_common(link, r, t1, t_min, num_saves, max_steps)
         make_problem(link, problem, ridge=ridge, rho=rho)  # checks problem, ridge, rho
         if problem == "planted" and r != link.dim:
             raise ValueError(f"the planted problem needs r = k = {link.dim}, got r={r}")
@@ -278,10 +280,7 @@ class FlowExperiment(AbstractExperiment):
         t_min: float = 1e-2,
         max_steps: int = 16384,
     ):
-        if not isinstance(link, Link):
-            raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
-        r = link.dim if r is None else r
-        _check_sizes(r, num_saves, max_steps, t1, t_min)
+        r = _check_common(link, r, t1, t_min, num_saves, max_steps)
         if not isinstance(d_max, int) or d_max < link.dim + r:
             raise ValueError(f"`d_max` must be an integer ≥ k + r = {link.dim + r}, got {d_max!r}")
         if n is not None and (not isinstance(n, int) or n < 1):

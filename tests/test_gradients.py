@@ -95,6 +95,7 @@ def test_smooth_summaries_against_definitions():
     assert float(mimflow.loss_area(trajectory)) == pytest.approx(trapezoid(loss[1:], np.log(ts[1:])), rel=1e-12)
 
 
+@pytest.mark.slow  # 70 s on 2 cores, for CI time; the gradients it uses are checked above
 def test_readme_optax_example_lowers_the_loss():
     """The README's tuning example runs as written, and its steps lower the loss."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
