@@ -107,13 +107,6 @@ class AbstractExperiment(eqx.Module):
         return jax.random.fold_in(self.key, jnp.asarray(point.get("seed", 0), jnp.uint32))
 
 
-def _scalar(name: str, value: float | None, low: float, low_open: bool = False) -> Array | None:
-    if value is None:
-        return None
-    check_range(name, value, low=low, low_open=low_open)
-    return jnp.asarray(value, dtype=float)
-
-
 def _check_common(link: Link, r: int | None, t1: float, t_min: float, num_saves: int, max_steps: int) -> int:
     """Check the arguments every experiment takes; return `r` (default `k`)."""
     if not isinstance(link, Link):
@@ -174,7 +167,9 @@ class ReducedExperiment(AbstractExperiment):
             raise ValueError(f"the planted problem needs r = k = {link.dim}, got r={r}")
         self.link, self.key, self.r, self.problem = link, key, r, problem
         self.t1 = jnp.asarray(t1, dtype=float)
-        self.d = _scalar("d", d, low=link.dim + r)
+        if d is not None:
+            check_range("d", d, low=link.dim + r)
+        self.d = None if d is None else jnp.asarray(d, dtype=float)
         self.ridge, self.rho = jnp.asarray(ridge, dtype=float), jnp.asarray(rho, dtype=float)
         self.num_saves, self.t_min, self.max_steps = num_saves, float(t_min), max_steps
 
