@@ -188,7 +188,8 @@ def sweep(
     the same shape, so the program compiles once, and a second sweep with new values
     (not new sizes) reuses it. Each chunk is split over `devices` (default: all of
     `jax.devices()`) along a one-axis `Mesh`; results do not depend on the chunking
-    or on the number of devices.
+    or on the number of devices beyond rounding (bitwise on CPU for reduced experiments
+    as measured; batch shapes can change the last bits of an SVD).
 
     **Arguments:**
     - `experiment`: a `ReducedExperiment` or `FlowExperiment`.
