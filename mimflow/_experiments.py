@@ -21,13 +21,11 @@ from ._checks import check_range
 from ._fits import AbstractFit, HermiteFeatures, KernelRidge, Mehler
 from ._flows import Dataset, PlantedFlow, Population, Target, TwoTimescaleFlow
 from ._integrate import (
-    RelativeFloor,
     Trajectory,
     _default_solver,
     _solve,
     check_time_grid,
     default_controller,
-    default_tolerances,
     save_times,
 )
 from ._link import Link
@@ -345,15 +343,11 @@ class FlowExperiment(AbstractExperiment):
         )
 
     def controller(self, point: Point) -> diffrax.AbstractStepSizeController:
-        """The step controller of a point: a PID controller on the unpadded state
-        (`PaddedNorm`) with `RelativeFloor`, whose saves are dense-output interpolations.
-        (Steps clipped to the save times, `simulate`'s default, give `nan` gradients
-        under `vmap` with finite-data fits.)"""
-        rtol, atol = default_tolerances(self.t1.dtype)
+        """The step controller of a point: `simulate`'s default (PID, steps ending on the
+        saves, `RelativeFloor`) measuring the unpadded state (`PaddedNorm`)."""
         d = point.get("d", self.d)
         norm = PaddedNorm(jnp.asarray(d, dtype=float) * self.r, self.d_max * self.r)
-        pid = diffrax.PIDController(rtol=point.get("rtol", rtol), atol=point.get("atol", atol), norm=norm)
-        return RelativeFloor(pid)
+        return default_controller(self.save_times(), point.get("rtol"), point.get("atol"), norm)
 
     def working_bytes(self) -> int:
         n = 0 if self.n is None else self.n

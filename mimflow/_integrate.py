@@ -140,15 +140,18 @@ class RelativeFloor(diffrax.AbstractAdaptiveStepSizeController):
         return keep | forced, next_t0, next_t1, made_jump, state, result
 
 
-def default_controller(ts: Float[Array, " n"], rtol=None, atol=None) -> diffrax.AbstractStepSizeController:
+def default_controller(
+    ts: Float[Array, " n"], rtol=None, atol=None, norm=optx.rms_norm
+) -> diffrax.AbstractStepSizeController:
     """A PID controller whose steps end on the save times, so saves are step end
     points (solver accuracy) rather than dense-output interpolations (an order less),
     and never shorter than the time variable can resolve (`RelativeFloor`).
-    `rtol`, `atol` default to `default_tolerances` and may be traced (swept)."""
+    `rtol`, `atol` default to `default_tolerances` and may be traced (swept); `norm`
+    measures errors (`PaddedNorm` for padded states)."""
     default_rtol, default_atol = default_tolerances(ts.dtype)
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
-    pid = diffrax.PIDController(rtol=rtol, atol=atol)
+    pid = diffrax.PIDController(rtol=rtol, atol=atol, norm=norm)
     return diffrax.ClipStepSizeController(RelativeFloor(pid), step_ts=ts)
 
 
