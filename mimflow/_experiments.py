@@ -20,17 +20,9 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from ._checks import check_range
 from ._fits import AbstractFit, HermiteFeatures, KernelRidge, Mehler
 from ._flows import Dataset, PlantedFlow, Population, Target, TwoTimescaleFlow
-from ._integrate import (
-    Trajectory,
-    _default_solver,
-    _solve,
-    check_time_grid,
-    default_controller,
-    save_times,
-)
+from ._integrate import Trajectory, check_time_grid, default_controller, save_times, simulate_reduced
 from ._link import Link
-from ._manifold import RetractedSolver
-from ._manifold import _solve as _solve_manifold
+from ._manifold import RetractedSolver, simulate
 from ._overlap import sample_overlap
 from ._reduced import ProblemName, make_problem
 from ._stiefel import _qr_positive
@@ -76,26 +68,16 @@ class AbstractExperiment(eqx.Module):
                 raise ValueError(
                     f"sweep axis 'link' holds a link on k={link.dim}, but the experiment has k={self.link.dim}"
                 )
-        k = self.link.dim
         if "d" not in axes and self.d is None:
             raise ValueError(f"{type(self).__name__} needs a dimension: a sweep axis 'd' or the field `d`")
-        for value in np.asarray(axes.get("d", [])):
-            if value < k + self.r:
-                raise ValueError(f"sweep axis 'd' has value {value:g} < k + r = {k + self.r}")
-        for value in np.asarray(axes.get("seed", [])):
-            if not 0 <= value < 2**32 or value != np.round(value):
-                raise ValueError(f"sweep axis 'seed' must hold integers in [0, 2³²), got {value:g}")
-        for name in ("ridge", "noise"):
-            for value in np.asarray(axes.get(name, [])):
-                if value < 0:
-                    raise ValueError(f"sweep axis {name!r} has value {value:g} < 0")
-        for value in np.asarray(axes.get("rho", [])):
-            if not 0 < value <= 1:
-                raise ValueError(f"sweep axis 'rho' has value {value:g} outside (0, 1]")
-        for name in ("rtol", "atol"):
-            for value in np.asarray(axes.get(name, [])):
-                if value <= 0:
-                    raise ValueError(f"sweep axis {name!r} has value {value:g} ≤ 0")
+        k = self.link.dim
+        _reject(axes, "d", lambda d: d < k + self.r, f"has a value below k + r = {k + self.r}")
+        _reject(axes, "seed", lambda s: (s < 0) | (s >= 2**32) | (s != np.round(s)), "must hold integers in [0, 2³²)")
+        _reject(axes, "ridge", lambda v: v < 0, "has a value < 0")
+        _reject(axes, "noise", lambda v: v < 0, "has a value < 0")
+        _reject(axes, "rho", lambda v: (v <= 0) | (v > 1), "has a value outside (0, 1]")
+        _reject(axes, "rtol", lambda v: v <= 0, "has a value ≤ 0")
+        _reject(axes, "atol", lambda v: v <= 0, "has a value ≤ 0")
 
     def working_bytes(self) -> int:
         """An estimate of the memory one point needs while it runs (bytes)."""
@@ -103,6 +85,15 @@ class AbstractExperiment(eqx.Module):
 
     def _key(self, point: Point) -> PRNGKeyArray:
         return jax.random.fold_in(self.key, jnp.asarray(point.get("seed", 0), jnp.uint32))
+
+
+def _reject(axes: Mapping[str, np.ndarray | list[Link]], name: str, bad, requirement: str) -> None:
+    """Raise a `ValueError` naming axis `name` and its first value where `bad` holds."""
+    if name in axes:
+        values = np.asarray(axes[name])
+        flagged = values[bad(values)]
+        if flagged.size:
+            raise ValueError(f"sweep axis {name!r} {requirement}, got {flagged[0]:g}")
 
 
 def _check_common(link: Link, r: int | None, t1: float, t_min: float, num_saves: int, max_steps: int) -> int:
@@ -182,14 +173,20 @@ class ReducedExperiment(AbstractExperiment):
         link = point.get("link", self.link)
         d = point.get("d", self.d)
         overlap0 = sample_overlap(self._key(point), d, link.dim, self.r)
-        ridge, rho = point.get("ridge", self.ridge), point.get("rho", self.rho)
-        problem = (
-            make_problem(link, self.problem) if self.problem == "planted" else make_problem(link, ridge=ridge, rho=rho)
+        if self.problem == "planted":
+            problem = make_problem(link, "planted")
+        else:
+            problem = make_problem(link, ridge=point.get("ridge", self.ridge), rho=point.get("rho", self.rho))
+        controller = default_controller(self.save_times(), point.get("rtol"), point.get("atol"))
+        return simulate_reduced(
+            problem,
+            overlap0,
+            self.t1,
+            num_saves=self.num_saves,
+            t_min=self.t_min,
+            stepsize_controller=controller,
+            max_steps=self.max_steps,
         )
-        ts = self.save_times()
-        solver = _default_solver(ts.dtype)
-        controller = default_controller(ts, point.get("rtol"), point.get("atol"))
-        return _solve(problem, overlap0, ts, solver, controller, self.max_steps, diffrax.RecursiveCheckpointAdjoint())
 
     def working_bytes(self) -> int:
         state = self.link.dim * self.r * 8
@@ -207,7 +204,9 @@ class PaddedNorm(eqx.Module):
         return optx.rms_norm(y) * jnp.sqrt(self.padded_size / self.size)
 
 
-def padded_normal(key: PRNGKeyArray, d: Float[ArrayLike, ""], d_max: int, shape: tuple[int, ...]) -> Array:
+def padded_normal(
+    key: PRNGKeyArray, d: Float[ArrayLike, ""], d_max: int, shape: tuple[int, ...]
+) -> Float[Array, "d_max ..."]:
     """`(d_max, *shape)` standard normals whose row `i` is drawn from `fold_in(key, i)`
     and set to zero for `i ≥ d`: the first `d` rows do not depend on `d_max`, so a
     padded draw restricted to `d` rows equals the unpadded one."""
@@ -298,17 +297,17 @@ class FlowExperiment(AbstractExperiment):
 
     def check_axes(self, axes):
         super().check_axes(axes)
-        for value in np.asarray(axes.get("d", [])):
-            if value > self.d_max or value != np.round(value):
-                raise ValueError(f"sweep axis 'd' must hold integers ≤ d_max = {self.d_max}, got {value:g}")
+        _reject(
+            axes, "d", lambda d: (d > self.d_max) | (d != np.round(d)), f"must hold integers ≤ d_max = {self.d_max}"
+        )
         if "ridge" in axes and self.fit is None:
             raise ValueError("sweep axis 'ridge' needs a `fit` with a ridge, got fit=None")
         if "rho" in axes and not _has_rho(self.fit):
             raise ValueError(
                 f"sweep axis 'rho' needs KernelRidge(Mehler(...)) or HermiteFeatures, got fit={self.fit!r}"
             )
-        if "rho" in axes and isinstance(self.fit, KernelRidge) and np.any(np.asarray(axes["rho"]) >= 1):
-            raise ValueError(f"sweep axis 'rho' must be < 1 for the Mehler kernel, got {np.max(axes['rho']):g}")
+        if isinstance(self.fit, KernelRidge):
+            _reject(axes, "rho", lambda v: v >= 1, "must be < 1 for the Mehler kernel")
         if "noise" in axes and self.n is None:
             raise ValueError("sweep axis 'noise' needs finite data (`n`); the population flow does not see noise")
 
@@ -338,8 +337,15 @@ class FlowExperiment(AbstractExperiment):
             flow = PlantedFlow(target, data)
         else:
             flow = TwoTimescaleFlow(target, fit, data)
-        return _solve_manifold(
-            flow, W0, self.save_times(), self.solver, self.controller(point), None, self.max_steps, None
+        return simulate(
+            flow,
+            W0,
+            self.t1,
+            num_saves=self.num_saves,
+            t_min=self.t_min,
+            solver=self.solver,
+            stepsize_controller=self.controller(point),
+            max_steps=self.max_steps,
         )
 
     def controller(self, point: Point) -> diffrax.AbstractStepSizeController:

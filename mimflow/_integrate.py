@@ -1,13 +1,14 @@
 """Integration of the reduced dynamics with diffrax, and escape times (DESIGN §2, §5a)."""
 
 import enum
+from collections.abc import Callable
 
 import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import Array, ArrayLike, Float, Int, PyTree
 
 from ._checks import check_range, is_concrete
 from ._link import Link
@@ -141,7 +142,10 @@ class RelativeFloor(diffrax.AbstractAdaptiveStepSizeController):
 
 
 def default_controller(
-    ts: Float[Array, " n"], rtol=None, atol=None, norm=optx.rms_norm
+    ts: Float[Array, " n"],
+    rtol: Float[ArrayLike, ""] | None = None,
+    atol: Float[ArrayLike, ""] | None = None,
+    norm: Callable[[PyTree], Float[Array, ""]] = optx.rms_norm,
 ) -> diffrax.AbstractStepSizeController:
     """A PID controller whose steps end on the save times, so saves are step end
     points (solver accuracy) rather than dense-output interpolations (an order less),

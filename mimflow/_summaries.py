@@ -10,9 +10,8 @@ from ._integrate import Trajectory
 
 def _trapezoid_log(values: Float[Array, " n"], ts: Float[Array, " n"]) -> Float[Array, ""]:
     """`∫ values d(log t)` by the trapezoid rule over the log-spaced saves `ts[1:]`."""
-    log_t = jnp.log(ts[1:])
-    middle = 0.5 * (values[1:][1:] + values[1:][:-1])
-    return jnp.sum(middle * jnp.diff(log_t))
+    values, log_t = values[1:], jnp.log(ts[1:])
+    return jnp.sum(0.5 * (values[1:] + values[:-1]) * jnp.diff(log_t))
 
 
 def loss_area(trajectory: Trajectory) -> Float[Array, ""]:

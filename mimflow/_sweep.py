@@ -14,6 +14,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, ArrayLike
 
+from ._checks import check_range
 from ._experiments import AbstractExperiment
 from ._integrate import Status, escape_times
 from ._link import Link
@@ -211,6 +212,7 @@ def sweep(
     """
     if not isinstance(experiment, AbstractExperiment):
         raise ValueError(f"`experiment` must be a mimflow experiment, got {type(experiment).__name__}")
+    check_range("escape_threshold", escape_threshold, low=0.0, high=1.0, low_open=True)
     checked = _check_axes(axes)
     experiment.check_axes(checked)
     devices = list(jax.devices() if devices is None else devices)
@@ -221,9 +223,10 @@ def sweep(
     chunk = _chunk_size(experiment, total, batch_size, len(devices))
     # the last chunk is filled up with copies of the first point, then dropped
     flat = np.concatenate([np.arange(total), np.zeros(-total % chunk, dtype=int)])
+    grid = _points(checked, flat)
     parts = []
     for start in range(0, flat.size, chunk):
-        points = _points(checked, flat[start : start + chunk])
+        points = jax.tree.map(lambda values, start=start: values[start : start + chunk], grid)
         if mesh is not None:
             points = jax.device_put(points, NamedSharding(mesh, P(_BATCH)))
         parts.append(_gather(_run(experiment, points, escape_threshold)))

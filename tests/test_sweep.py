@@ -242,6 +242,8 @@ def test_bad_flow_grids(experiment, axes, words):
 def test_bad_sweep_arguments():
     with pytest.raises(ValueError, match="batch_size"):
         mimflow.sweep(_reduced_experiment(d=100.0), {"seed": [0]}, batch_size=0)
+    with pytest.raises(ValueError, match="escape_threshold"):
+        mimflow.sweep(_reduced_experiment(d=100.0), {"seed": [0]}, escape_threshold=1.5)
     with pytest.raises(ValueError, match="experiment"):
         mimflow.sweep(lambda point: point, {"seed": [0]})
     with pytest.raises(ValueError, match="d_max"):
