@@ -113,6 +113,8 @@ class ReducedExperiment(AbstractExperiment):
 
     **Axes:** `seed`, `d`, `link` (links of one structure), and for the two-timescale
     problem `ridge`, `rho`; `rtol`, `atol` (the step controller's tolerances).
+    Fields give the defaults of axes not swept; `rtol`, `atol` default to
+    `default_tolerances`, `solver` to `simulate_reduced`'s (Kvaerno5).
 
     **Example:**
     ```python
@@ -127,6 +129,9 @@ class ReducedExperiment(AbstractExperiment):
     d: Float[Array, ""] | None
     ridge: Float[Array, ""]
     rho: Float[Array, ""]
+    rtol: Float[Array, ""] | None
+    atol: Float[Array, ""] | None
+    solver: diffrax.AbstractSolver | None
     r: int = eqx.field(static=True)
     problem: ProblemName = eqx.field(static=True)
     num_saves: int = eqx.field(static=True)
@@ -146,12 +151,19 @@ class ReducedExperiment(AbstractExperiment):
         problem: ProblemName = "two-timescale",
         ridge: float = 0.0,
         rho: float = 1.0,
+        solver: diffrax.AbstractSolver | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
         num_saves: int = 128,
         t_min: float = 1e-2,
         max_steps: int = 16384,
     ):
         r = _check_common(link, r, t1, t_min, num_saves, max_steps)
         make_problem(link, problem, ridge=ridge, rho=rho)  # checks problem, ridge, rho
+        if solver is not None and not isinstance(solver, diffrax.AbstractSolver):
+            raise ValueError(f"`solver` must be a diffrax solver or None, got {type(solver).__name__}")
+        self.rtol, self.atol = _tolerances(rtol, atol)
+        self.solver = solver
         if problem == "planted" and r != link.dim:
             raise ValueError(f"the planted problem needs r = k = {link.dim}, got r={r}")
         self.link, self.key, self.r, self.problem = link, key, r, problem
@@ -177,13 +189,14 @@ class ReducedExperiment(AbstractExperiment):
             problem = make_problem(link, "planted")
         else:
             problem = make_problem(link, ridge=point.get("ridge", self.ridge), rho=point.get("rho", self.rho))
-        controller = default_controller(self.save_times(), point.get("rtol"), point.get("atol"))
+        controller = default_controller(self.save_times(), point.get("rtol", self.rtol), point.get("atol", self.atol))
         return simulate_reduced(
             problem,
             overlap0,
             self.t1,
             num_saves=self.num_saves,
             t_min=self.t_min,
+            solver=self.solver,
             stepsize_controller=controller,
             max_steps=self.max_steps,
         )
@@ -227,7 +240,8 @@ class FlowExperiment(AbstractExperiment):
 
     **Axes:** `seed`, `d` (integers ≤ `d_max`), `link`, `ridge` and `rho` (the fit's:
     `KernelRidge(Mehler(ρ), μ)` or `HermiteFeatures(D, μ, ρ)`; `ridge` for any fit),
-    `noise` (finite data), `rtol`, `atol`.
+    `noise` (finite data), `rtol`, `atol` (default `default_tolerances`; the solver
+    defaults to Tsit5, retracted after each step).
 
     **Example:**
     ```python
@@ -244,6 +258,8 @@ class FlowExperiment(AbstractExperiment):
     fit: AbstractFit | None
     noise: Float[Array, ""]
     solver: diffrax.AbstractSolver
+    rtol: Float[Array, ""] | None
+    atol: Float[Array, ""] | None
     d_max: int = eqx.field(static=True)
     r: int = eqx.field(static=True)
     n: int | None = eqx.field(static=True)
@@ -268,6 +284,8 @@ class FlowExperiment(AbstractExperiment):
         noise: float = 0.0,
         problem: ProblemName = "two-timescale",
         solver: diffrax.AbstractSolver | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
         num_saves: int = 64,
         t_min: float = 1e-2,
         max_steps: int = 16384,
@@ -288,6 +306,9 @@ class FlowExperiment(AbstractExperiment):
         if d is not None and (not isinstance(d, int) or not link.dim + r <= d <= d_max):
             raise ValueError(f"`d` must be an integer in [k + r, d_max] = [{link.dim + r}, {d_max}], got {d!r}")
         check_range("noise", noise, low=0.0)
+        if solver is not None and not isinstance(solver, diffrax.AbstractSolver):
+            raise ValueError(f"`solver` must be a diffrax solver or None, got {type(solver).__name__}")
+        self.rtol, self.atol = _tolerances(rtol, atol)
         self.link, self.key, self.fit, self.r, self.d_max, self.n, self.problem = link, key, fit, r, d_max, n, problem
         self.t1 = jnp.asarray(t1, dtype=float)
         self.d = None if d is None else jnp.asarray(d, dtype=float)
@@ -353,7 +374,7 @@ class FlowExperiment(AbstractExperiment):
         saves, `RelativeFloor`) measuring the unpadded state (`PaddedNorm`)."""
         d = point.get("d", self.d)
         norm = PaddedNorm(jnp.asarray(d, dtype=float) * self.r, self.d_max * self.r)
-        return default_controller(self.save_times(), point.get("rtol"), point.get("atol"), norm)
+        return default_controller(self.save_times(), point.get("rtol", self.rtol), point.get("atol", self.atol), norm)
 
     def working_bytes(self) -> int:
         n = 0 if self.n is None else self.n
@@ -361,6 +382,14 @@ class FlowExperiment(AbstractExperiment):
         return 8 * (
             4 * n * self.d_max + 2 * gram + 16 * self.d_max * self.r + 4 * self.num_saves * self.link.dim * self.r
         )
+
+
+def _tolerances(rtol: float | None, atol: float | None) -> tuple[Array | None, Array | None]:
+    """The step controller's default tolerances (`None`: `default_tolerances`), checked."""
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if value is not None:
+            check_range(name, value, low=0.0, low_open=True)
+    return tuple(None if v is None else jnp.asarray(v, dtype=float) for v in (rtol, atol))
 
 
 def _has_rho(fit: AbstractFit | None) -> bool:

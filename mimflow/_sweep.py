@@ -173,6 +173,55 @@ def _dataset(experiment: AbstractExperiment, axes, arrays: dict[str, np.ndarray]
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
+class SweepPlan:
+    """A sweep cut into chunks that can be run one at a time, in any order and in any
+    process, each giving the same numbers (used by `sweep`, and by `mimflow run` to
+    save chunks as they finish and resume after an interruption)."""
+
+    def __init__(
+        self,
+        experiment: AbstractExperiment,
+        axes: Axes,
+        *,
+        batch_size: int | None = None,
+        devices: Sequence[jax.Device] | None = None,
+        escape_threshold: float = 0.5,
+    ):
+        if not isinstance(experiment, AbstractExperiment):
+            raise ValueError(f"`experiment` must be a mimflow experiment, got {type(experiment).__name__}")
+        check_range("escape_threshold", escape_threshold, low=0.0, high=1.0, low_open=True)
+        self.axes = _check_axes(axes)
+        experiment.check_axes(self.axes)
+        devices = list(jax.devices() if devices is None else devices)
+        if not devices:
+            raise ValueError("`devices` is empty")
+        self.experiment, self.escape_threshold = experiment, escape_threshold
+        self.mesh = Mesh(np.array(devices), (_BATCH,)) if len(devices) > 1 else None
+        self.total = math.prod(len(values) for values in self.axes.values())
+        self.batch_size = _chunk_size(experiment, self.total, batch_size, len(devices))
+        # the last chunk is filled up with copies of the first point, then dropped
+        flat = np.concatenate([np.arange(self.total), np.zeros(-self.total % self.batch_size, dtype=int)])
+        self.num_chunks = flat.size // self.batch_size
+        self._grid = _points(self.axes, flat)
+
+    def run_chunk(self, index: int) -> dict[str, np.ndarray]:
+        """The outputs of chunk `index` (points `index · batch_size` onwards, in grid order)."""
+        if not 0 <= index < self.num_chunks:
+            raise ValueError(f"chunk `index` must lie in [0, {self.num_chunks}), got {index}")
+        start = index * self.batch_size
+        points = jax.tree.map(lambda values: values[start : start + self.batch_size], self._grid)
+        if self.mesh is not None:
+            points = jax.device_put(points, NamedSharding(self.mesh, P(_BATCH)))
+        return _gather(_run(self.experiment, points, self.escape_threshold))
+
+    def dataset(self, chunks: Sequence[Mapping[str, np.ndarray]]) -> xr.Dataset:
+        """The labelled dataset from the outputs of every chunk, in order."""
+        if len(chunks) != self.num_chunks:
+            raise ValueError(f"`chunks` must hold all {self.num_chunks} chunks, got {len(chunks)}")
+        arrays = {name: np.concatenate([chunk[name] for chunk in chunks])[: self.total] for name in chunks[0]}
+        return _dataset(self.experiment, self.axes, arrays)
+
+
 def sweep(
     experiment: AbstractExperiment,
     axes: Axes,
@@ -210,25 +259,5 @@ def sweep(
     results.escape_time.median("seed")
     ```
     """
-    if not isinstance(experiment, AbstractExperiment):
-        raise ValueError(f"`experiment` must be a mimflow experiment, got {type(experiment).__name__}")
-    check_range("escape_threshold", escape_threshold, low=0.0, high=1.0, low_open=True)
-    checked = _check_axes(axes)
-    experiment.check_axes(checked)
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("`devices` is empty")
-    mesh = Mesh(np.array(devices), (_BATCH,)) if len(devices) > 1 else None
-    total = math.prod(len(values) for values in checked.values())
-    chunk = _chunk_size(experiment, total, batch_size, len(devices))
-    # the last chunk is filled up with copies of the first point, then dropped
-    flat = np.concatenate([np.arange(total), np.zeros(-total % chunk, dtype=int)])
-    grid = _points(checked, flat)
-    parts = []
-    for start in range(0, flat.size, chunk):
-        points = jax.tree.map(lambda values, start=start: values[start : start + chunk], grid)
-        if mesh is not None:
-            points = jax.device_put(points, NamedSharding(mesh, P(_BATCH)))
-        parts.append(_gather(_run(experiment, points, escape_threshold)))
-    arrays = {name: np.concatenate([part[name] for part in parts])[:total] for name in parts[0]}
-    return _dataset(experiment, checked, arrays)
+    plan = SweepPlan(experiment, axes, batch_size=batch_size, devices=devices, escape_threshold=escape_threshold)
+    return plan.dataset([plan.run_chunk(i) for i in range(plan.num_chunks)])

@@ -1,0 +1,232 @@
+"""Running a config: chunks saved as they finish, resumed after an interruption, and the
+results, the resolved config and a summary written atomically to the output directory.
+
+```
+DIR/config.yaml     the resolved config (every default filled in)
+DIR/results.nc      the sweep (xarray, netCDF3 via scipy: no system libraries needed)
+DIR/summary.json    escape times per saddle, fitted slopes, predicted laws
+DIR/figures/*.png   loss, singular values, escape times against d
+DIR/partial/        finished chunks of an unfinished run (removed at the end)
+```
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+import xarray as xr
+import yaml
+
+from ._config import STATIC_AXES, ConfigError, build_jobs, dump_config, link_label
+from ._progress import Progress
+from ._sweep import SweepPlan
+
+__all__ = ["run_config", "load_results", "RESULTS", "SUMMARY", "CONFIG"]
+
+RESULTS, SUMMARY, CONFIG, PARTIAL, FIGURES = "results.nc", "summary.json", "config.yaml", "partial", "figures"
+_ENGINE = "scipy"  # netCDF3 64-bit offset: written by scipy, with no HDF5 or netCDF C library
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it onto `path`,
+    so that `path` is either absent, the old file or the complete new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as file:
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _save_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as file:
+            np.savez(file, **arrays)
+
+    atomic_write(path, write)
+
+
+def _load_chunk(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
+
+
+def load_results(directory: str | Path) -> xr.Dataset:
+    """The dataset of a finished run (`DIR/results.nc`), loaded into memory."""
+    path = Path(directory) / RESULTS
+    if not path.exists():
+        raise ConfigError(f"{directory}: no {RESULTS} (run `mimflow run CONFIG --out {directory}` first)")
+    return xr.load_dataset(path, engine=_ENGINE)
+
+
+def _difference(old: Any, new: Any, path: str = "") -> str | None:
+    """The first field path where two configs differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in list(old) + [k for k in new if k not in old]:
+            if key not in old or key not in new:
+                return f"{path}{key}"
+            found = _difference(old[key], new[key], f"{path}{key}.")
+            if found:
+                return found
+        return None
+    return None if old == new else (path.rstrip(".") or "(top level)")
+
+
+def _clear(out: Path) -> None:
+    for name in (RESULTS, SUMMARY, CONFIG):
+        (out / name).unlink(missing_ok=True)
+    for name in (PARTIAL, FIGURES):
+        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _coordinate(axis: str, value: Any) -> Any:
+    return float("inf") if axis == "n" and value is None else value
+
+
+def _combine(config: dict, jobs: list, datasets: list[xr.Dataset]) -> xr.Dataset:
+    """One dataset from the compiled sweeps of the static axes, dims in the config's order."""
+    static_axes = [axis for axis in config["sweep"] if axis in STATIC_AXES]
+    if static_axes:
+        expanded = [
+            dataset.expand_dims({axis: [_coordinate(axis, static[axis])] for axis in static_axes})
+            for (static, _, _), dataset in zip(jobs, datasets, strict=True)
+        ]
+        shape = [len(config["sweep"][axis]) for axis in static_axes]
+        nested: Any = np.empty(shape, dtype=object)
+        for index, dataset in zip(np.ndindex(*shape), expanded, strict=True):
+            nested[index] = dataset
+        combined = xr.combine_nested(nested.tolist(), concat_dim=static_axes, combine_attrs="drop_conflicts")
+    else:
+        (combined,) = datasets
+    order = [axis for axis in config["sweep"]] + [dim for dim in combined.dims if dim not in config["sweep"]]
+    combined = combined.transpose(*order)
+    if "link" in config["sweep"]:
+        combined = combined.assign_coords(link_label=("link", [link_label(s) for s in config["sweep"]["link"]]))
+    combined.attrs = {
+        "name": config["name"],
+        "description": config["description"],
+        "dynamics": config["dynamics"],
+        "problem": config["problem"] if "problem" not in config["sweep"] else "swept",
+        "target": link_label(config["target"]),
+        "k": int(combined.sizes["k"]),
+        "r": int(config["r"]),
+        "escape_threshold": config["output"]["escape_threshold"],
+        "status_codes": datasets[0].attrs["status_codes"],
+        "config": dump_config(config),
+    }
+    for name in ("status", "num_steps"):
+        combined[name] = combined[name].astype(np.int32)  # netCDF3 has no 64-bit integers
+    return combined
+
+
+def _compute(config: dict, out: Path, progress: Progress | None, stream: TextIO) -> xr.Dataset:
+    jobs = build_jobs(config)
+    partial = out / PARTIAL
+    partial.mkdir(parents=True, exist_ok=True)
+    for leftover in partial.glob(".*.tmp"):
+        leftover.unlink()
+    digest = hashlib.sha256(dump_config(config).encode()).hexdigest()
+    meta_path = partial / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if meta is not None and (meta.get("config") != digest or len(meta.get("batch_sizes", [])) != len(jobs)):
+        meta = None
+    threshold = config["output"]["escape_threshold"]
+    try:
+        plans = [
+            SweepPlan(
+                experiment,
+                axes,
+                batch_size=meta["batch_sizes"][j] if meta else config["output"]["batch_size"],
+                escape_threshold=threshold,
+            )
+            for j, (_, experiment, axes) in enumerate(jobs)
+        ]
+    except ValueError as error:
+        raise ConfigError(f"sweep: {error}") from None
+    if meta is not None and [plan.batch_size for plan in plans] != meta["batch_sizes"]:
+        meta = None  # other devices: the chunks would not line up
+    if meta is None:
+        for chunk in partial.glob("*.npz"):
+            chunk.unlink()
+        _write_text(meta_path, json.dumps({"config": digest, "batch_sizes": [p.batch_size for p in plans]}))
+    paths = [[partial / f"job{j:03d}-chunk{i:05d}.npz" for i in range(p.num_chunks)] for j, p in enumerate(plans)]
+    total = sum(len(row) for row in paths)
+    done = sum(path.exists() for row in paths for path in row)
+    if done:
+        print(f"resuming: {done} of {total} chunks already done", file=stream, flush=True)
+    bar = Progress(total, done, label=config["name"], enabled=progress, stream=stream)
+    datasets = []
+    try:
+        for plan, row in zip(plans, paths, strict=True):
+            chunks = []
+            for i, path in enumerate(row):
+                if path.exists():
+                    chunks.append(_load_chunk(path))
+                    continue
+                arrays = plan.run_chunk(i)
+                _save_chunk(path, arrays)
+                chunks.append(arrays)
+                bar.advance()
+            datasets.append(plan.dataset(chunks))
+    finally:
+        bar.close()
+    results = _combine(config, jobs, datasets)
+    atomic_write(out / RESULTS, lambda tmp: results.to_netcdf(tmp, engine=_ENGINE))
+    shutil.rmtree(partial)
+    return load_results(out)
+
+
+def run_config(
+    config: dict, *, overwrite: bool = False, progress: bool | None = None, stream: TextIO | None = None
+) -> tuple[xr.Dataset, dict]:
+    """Run a resolved config (`load_config`) into its `output.dir`; return the results
+    and the summary (`summarize`).
+
+    Each finished chunk of the sweep is saved at once; a rerun of the same config
+    (after Ctrl-C or a kill) loads them and runs only the rest, with the same chunk
+    size, so its results equal an uninterrupted run's. A directory holding a
+    different config is an error unless `overwrite`. A finished run is not recomputed.
+    """
+    from ._plot import save_figures
+    from ._report import summarize
+
+    stream = sys.stderr if stream is None else stream
+    out = Path(config["output"]["dir"])
+    text = dump_config(config)
+    stored = out / CONFIG
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"output.dir: {out} exists and is not a directory")
+    if overwrite:
+        _clear(out)
+    elif stored.exists() and stored.read_text() != text:
+        where = _difference(yaml.safe_load(stored.read_text()), yaml.safe_load(text))
+        raise ConfigError(
+            f"output.dir: {out} holds a run of a different config (it differs at {where}); "
+            f"pass --overwrite to replace it, or choose another --out"
+        )
+    _write_text(stored, text)
+    if (out / RESULTS).exists():
+        print(f"{out / RESULTS} is complete; summarising it again", file=stream, flush=True)
+        results = load_results(out)
+    else:
+        results = _compute(config, out, progress, stream)
+    summary = summarize(results)
+    _write_text(out / SUMMARY, json.dumps(summary, indent=1, allow_nan=False) + "\n")
+    save_figures(results, summary, out / FIGURES)
+    return results, summary

@@ -1,0 +1,244 @@
+"""Configs: validation (a battery of malformed files, each exit code 2 with one line
+naming the field), defaults, overrides, and the commands that run no simulation
+(`mimflow links`, `mimflow theory`)."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mimflow._cli import main
+from mimflow._config import build_jobs, load_config, resolve_config
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+BASE = """
+name: base
+target: {link: hermite, degree: 3}
+dynamics: reduced
+time: {t1: 1.0e+6}
+sweep: {d: [100, 1000], seed: 2}
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def _edit(**changes) -> str:
+    """BASE with top-level fields replaced (None deletes them)."""
+    raw = yaml.safe_load(BASE)
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key, None)
+        else:
+            raw[key] = value
+    return yaml.safe_dump(raw, sort_keys=False)
+
+
+MALFORMED = {
+    "unknown link": (_edit(target={"link": "hermit", "degree": 3}), "target.link", "hermit"),
+    "missing field": (_edit(time=None), "time", "missing"),
+    "missing t1": (_edit(time={"num_saves": 16}), "time.t1", "missing"),
+    "missing link parameter": (_edit(target={"link": "hermite"}), "target.degree", "missing"),
+    "wrong type": (_edit(time={"t1": "forever"}), "time.t1", "'forever'"),
+    "wrong type of n": (
+        _edit(dynamics="finite-sample", n="many", fit={"kind": "hermite-features", "degree": 3}),
+        "n",
+        "'many'",
+    ),
+    "negative n": (
+        _edit(dynamics="finite-sample", n=-5, fit={"kind": "hermite-features", "degree": 3}),
+        "n",
+        "-5",
+    ),
+    "r > d": (_edit(r=3, sweep={"d": [3, 100]}), "sweep.d[0]", "r = 3"),
+    "r > d (fixed d)": (_edit(r=8, d=5, sweep={"seed": 2}), "d", "5"),
+    "unknown key": (_edit(tmax=3), "tmax", "unknown key"),
+    "unknown nested key": (_edit(time={"t1": 1e6, "num_save": 3}), "time.num_save", "did you mean 'num_saves'"),
+    "python object": ("!!python/object/apply:os.system ['echo pwned']\n", "line 1", "constructor"),
+    "python object in a field": (BASE + "description: !!python/object/new:os.getcwd []\n", "line", "constructor"),
+    "not YAML": ("target: {link: hermite\n", "line", "YAML"),
+    "duplicate key": (BASE + "dynamics: population\n", "duplicate key 'dynamics'", "line 7"),
+    "not a mapping": ("- 1\n- 2\n", "config", "list"),
+    "bad dynamics": (_edit(dynamics="stochastic"), "dynamics", "'stochastic'"),
+    "seed count 0": (_edit(sweep={"seed": 0, "d": [100]}), "sweep.seed", "0"),
+    "empty axis": (_edit(sweep={"d": []}), "sweep.d", "[]"),
+    "repeated value": (_edit(sweep={"d": [100, 100]}), "sweep.d[1]", "100"),
+    "axis of another dynamics": (_edit(sweep={"d": [100], "noise": [0.1]}), "sweep.noise", "finite-sample"),
+    "t1 below t_min": (_edit(time={"t1": 1e-3}), "time.t1", "0.001"),
+    "link of another k": (
+        _edit(sweep={"d": [100], "link": [{"link": "hermite", "degree": 1}, {"link": "staircase", "k": 2}]}),
+        "sweep.link[1]",
+        "staircase",
+    ),
+    "link parameter out of range": (
+        _edit(target={"link": "hermite", "degree": 1, "dim": 2, "index": 5}),
+        "target.index",
+        "5",
+    ),
+    "link parameter refused by its constructor": (
+        _edit(target={"link": "harmonic", "degree": 0}),
+        "target.degree",
+        "0",
+    ),
+    "bad multi-index": (_edit(target={"hermite": {"1,x": 1.0}}), "target.hermite", "1,x"),
+    "planted with r != k": (_edit(problem="planted", r=2), "r", "2"),
+    "fit for reduced": (_edit(fit={"kind": "hermite-features", "degree": 2}), "fit", "population or finite-sample"),
+    "finite samples without a fit": (_edit(dynamics="finite-sample", n=100), "fit", "missing"),
+    "unknown kernel": (
+        _edit(dynamics="finite-sample", n=100, fit={"kind": "kernel-ridge", "kernel": "gauss"}),
+        "fit.kernel",
+        "'gauss'",
+    ),
+    "rho outside (0, 1)": (
+        _edit(dynamics="finite-sample", n=100, fit={"kind": "kernel-ridge", "kernel": "mehler", "rho": 1.0}),
+        "fit.rho",
+        "1",
+    ),
+    "flow d not an integer": (_edit(dynamics="population", sweep={"d": [10.5]}), "sweep.d[0]", "10.5"),
+    "unknown solver": (_edit(solver={"name": "euler2"}), "solver.name", "'euler2'"),
+    "batch size 0": (_edit(output={"batch_size": 0}), "output.batch_size", "0"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_config_exit_code_2_one_line_naming_the_field(case, tmp_path, capsys):
+    text, field, value = MALFORMED[case]
+    path = _write(tmp_path, text)
+    for command in (["run", str(path), "--out", str(tmp_path / "out")], ["theory", str(path)]):
+        assert main(command) == 2
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert field in lines[0] and value in lines[0], lines[0]
+        assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written for a bad config
+
+
+def test_python_object_is_never_constructed(tmp_path):
+    """A tag that would run code is refused before anything is built."""
+    marker = tmp_path / "ran"
+    path = _write(tmp_path, f"!!python/object/apply:os.system ['touch {marker}']\n")
+    assert main(["theory", str(path)]) == 2
+    assert not marker.exists()
+
+
+def test_bad_command_line_exit_code_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run"])
+    assert exit_info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["run", str(tmp_path / "absent.yaml")]) == 2
+    assert "absent.yaml" in capsys.readouterr().err
+    path = _write(tmp_path, BASE)
+    assert main(["run", str(path), "--set", "sweep.d"]) == 2
+    assert "key.path=value" in capsys.readouterr().err
+    assert main(["run", str(path), "--set", "time.t1=-1"]) == 2
+    assert "time.t1" in capsys.readouterr().err
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "results.nc" in capsys.readouterr().err
+
+
+def test_defaults_and_overrides(tmp_path):
+    """Defaults fill every field; `--set` values are read as YAML; YAML 1.1's `1e6`
+    (a string to PyYAML) is read as a number."""
+    path = _write(tmp_path, BASE.replace("1.0e+6", "1e6"))
+    config = load_config(path, ["sweep.d=[50, 500]", "time.num_saves=12", "solver.rtol=1e-7"], out=str(tmp_path / "o"))
+    assert config["time"] == {"t1": 1e6, "num_saves": 12, "t_min": 0.01}
+    assert config["sweep"] == {"d": [50.0, 500.0], "seed": [0, 1]}
+    assert config["solver"] == {"name": "default", "rtol": 1e-7, "atol": None, "max_steps": 16384}
+    assert config["r"] == 1 and config["ridge"] == 0.0 and config["rho"] == 1.0 and config["seed"] == 0
+    assert config["output"] == {"dir": str(tmp_path / "o"), "batch_size": None, "escape_threshold": 0.5}
+    assert resolve_config(config) == config  # resolving is idempotent
+    ((static, experiment, axes),) = build_jobs(config)
+    assert static == {} and axes == {"d": [50.0, 500.0], "seed": [0, 1]}
+    assert experiment.num_saves == 12 and float(experiment.rtol) == 1e-7 and experiment.atol is None
+
+
+def test_static_axes_make_one_job_per_value(tmp_path):
+    text = _edit(
+        dynamics="finite-sample",
+        fit={"kind": "kernel-ridge", "kernel": "mehler", "rho": 0.5},
+        noise=0.1,
+        sweep={"n": [64, None], "problem": ["two-timescale", "planted"], "d": [8, 12]},
+    )
+    config = load_config(_write(tmp_path, text))
+    jobs = build_jobs(config)
+    assert [static for static, _, _ in jobs] == [
+        {"n": 64, "problem": "two-timescale"},
+        {"n": 64, "problem": "planted"},
+        {"n": None, "problem": "two-timescale"},
+        {"n": None, "problem": "planted"},
+    ]
+    assert [(e.n, e.problem, e.fit is None, e.d_max) for _, e, _ in jobs] == [
+        (64, "two-timescale", False, 12),
+        (64, "planted", True, 12),
+        (None, "two-timescale", False, 12),
+        (None, "planted", True, 12),
+    ]
+    assert float(jobs[0][1].noise) == 0.1 and float(jobs[2][1].noise) == 0.0
+
+
+def test_hermite_table_and_sums_build_the_same_link(tmp_path):
+    """`{hermite: {'1,0': 1, '0,3': 1}}` and the sum of two catalogue terms are the same link."""
+    from mimflow._config import build_link
+
+    table = resolve_config(yaml.safe_load(_edit(target={"hermite": {"1,0": 1.0, "(0, 3)": 1.0}}, sweep={"d": [100]})))
+    terms = [{"link": "hermite", "degree": 1, "dim": 2}, {"link": "hermite", "degree": 3, "dim": 2, "index": 1}]
+    summed = resolve_config(yaml.safe_load(_edit(target=terms, sweep={"d": [100]})))
+    a, b = build_link(table["target"]), build_link(summed["target"])
+    z = np.random.default_rng(0).standard_normal((50, 2))
+    # h1(z1) + h3(z2) with h3 = (z³ − 3z)/√6
+    expected = z[:, 0] + (z[:, 1] ** 3 - 3 * z[:, 1]) / math.sqrt(6)
+    np.testing.assert_allclose(np.asarray(a(z)), expected, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(b(z)), expected, atol=1e-12)
+
+
+def test_links_command_lists_the_catalogue(capsys):
+    assert main(["links"]) == 0
+    out = capsys.readouterr().out
+    for name in ("hermite(degree, dim=1, index=0)", "relu(", "sign(", "tanh(", "staircase(k)", "harmonic(degree"):
+        assert name in out
+
+
+def test_theory_json_against_closed_forms(tmp_path, capsys):
+    """`mimflow theory --json` for h1..h4 (escape_scaling.yaml): laws log d, d, d², d³
+    with constants 1/2 and 1/(2 (s−1) s) (DESIGN §2, α_s = 1), plateau ½, and the
+    predicted times at the config's d."""
+    assert main(["theory", str(CONFIGS / "escape_scaling.yaml"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [g["saddles"][0]["law"] for g in report] == ["log d", "d^1", "d^2", "d^3"]
+    dims = np.asarray(report[0]["dims"])
+    for s, group in enumerate(report, start=1):
+        (saddle,) = group["saddles"]
+        constant = 0.5 if s == 1 else 1 / (2 * (s - 1) * s)
+        assert saddle["constant"] == pytest.approx(constant, rel=1e-12)
+        assert saddle["plateau_loss"] == pytest.approx(0.5, rel=1e-12)
+        law = np.log(dims) if s == 1 else dims ** (s - 1)
+        np.testing.assert_allclose(saddle["predicted_time"], constant * law, rtol=1e-12)
+    assert main(["theory", str(CONFIGS / "planted_vs_two_timescale.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "problem=two-timescale" in out and "problem=planted" in out and "d^0.5" in out
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_validate_at_both_sizes(path):
+    full, smoke = load_config(path), load_config(path, smoke=True)
+    assert full["name"] == path.stem and full["description"]
+    assert all(len(build_jobs(c)) >= 1 for c in (full, smoke))
+    total = lambda c: math.prod(len(v) for v in c["sweep"].values())
+    assert total(smoke) < total(full)
+
+
+def test_module_entry_point_help():
+    out = subprocess.run([sys.executable, "-m", "mimflow", "--help"], capture_output=True, text=True, check=True).stdout
+    for command in ("run", "theory", "plot", "links"):
+        assert command in out
