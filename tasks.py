@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The project's two entry points, each self-contained on a machine with Python ≥ 3.11:
 
-    python3 tasks.py run   [ARGS...]   # the quickstart experiment (mimflow quickstart ARGS)
+    python3 tasks.py run   [ARGS...]   # the quickstart experiment (mimflow run configs/quickstart.yaml ARGS)
     python3 tasks.py test  [ARGS...]   # the test suite on every core (pytest -n auto ARGS)
 
 Both create (or reuse) the virtual environment `.venv` and install the package with
@@ -38,7 +38,10 @@ def ensure_environment() -> None:
 def main(argv: list[str]) -> int:
     # the suite runs on every core (pytest-xdist), a test file per worker so that files
     # sharing compiled programs stay in one process
-    commands = {"run": ["-m", "mimflow", "quickstart"], "test": ["-m", "pytest", "-n", "auto", "--dist", "loadfile"]}
+    commands = {
+        "run": ["-m", "mimflow", "run", "configs/quickstart.yaml"],
+        "test": ["-m", "pytest", "-n", "auto", "--dist", "loadfile"],
+    }
     if not argv or argv[0] not in commands:
         print(__doc__)
         return 2

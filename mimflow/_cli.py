@@ -145,7 +145,8 @@ def _links(args) -> int:
         lines += [f"      {line.strip()}" for line in summary.splitlines()]
     lines += [
         "",
-        "a list of terms is their sum: target: [{link: hermite, degree: 1, dim: 2}, {link: hermite, degree: 3, dim: 2, index: 1}]",
+        "a list of terms is their sum:",
+        "  target: [{link: hermite, degree: 1, dim: 2}, {link: hermite, degree: 3, dim: 2, index: 1}]",
         "a table of Hermite coefficients: target: {hermite: {'1,0': 1.0, '1,1': 1.0}}  (multi-index α: c_α)",
     ]
     print("\n".join(lines))

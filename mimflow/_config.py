@@ -650,7 +650,8 @@ def build_jobs(config: dict) -> list[tuple[dict[str, Any], AbstractExperiment, d
         "max_steps": config["solver"]["max_steps"],
     }
     jobs = []
-    key_experiment, key_fit = jax.random.split(key)
+    # a point's key is fold_in(key, sweep seed) (see AbstractExperiment); random features draw from the split
+    key_experiment, key_fit = key, jax.random.split(key)[1]
     for static in static_points(config):
         problem = static.get("problem", config["problem"])
         try:

@@ -88,6 +88,12 @@ def _difference(old: Any, new: Any, path: str = "") -> str | None:
     return None if old == new else (path.rstrip(".") or "(top level)")
 
 
+def _identity(config: dict) -> dict:
+    """What makes two runs the same: the resolved config without its output directory
+    (so a run directory can be moved or renamed and still resume)."""
+    return {**config, "output": {k: v for k, v in config["output"].items() if k != "dir"}}
+
+
 def _clear(out: Path) -> None:
     for name in (RESULTS, SUMMARY, CONFIG):
         (out / name).unlink(missing_ok=True)
@@ -128,7 +134,7 @@ def _combine(config: dict, jobs: list, datasets: list[xr.Dataset]) -> xr.Dataset
         "r": int(config["r"]),
         "escape_threshold": config["output"]["escape_threshold"],
         "status_codes": datasets[0].attrs["status_codes"],
-        "config": dump_config(config),
+        "config": dump_config(_identity(config)),
     }
     for name in ("status", "num_steps"):
         combined[name] = combined[name].astype(np.int32)  # netCDF3 has no 64-bit integers
@@ -141,7 +147,7 @@ def _compute(config: dict, out: Path, progress: Progress | None, stream: TextIO)
     partial.mkdir(parents=True, exist_ok=True)
     for leftover in partial.glob(".*.tmp"):
         leftover.unlink()
-    digest = hashlib.sha256(dump_config(config).encode()).hexdigest()
+    digest = hashlib.sha256(dump_config(_identity(config)).encode()).hexdigest()
     meta_path = partial / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if meta is not None and (meta.get("config") != digest or len(meta.get("batch_sizes", [])) != len(jobs)):
@@ -214,8 +220,7 @@ def run_config(
         raise ConfigError(f"output.dir: {out} exists and is not a directory")
     if overwrite:
         _clear(out)
-    elif stored.exists() and stored.read_text() != text:
-        where = _difference(yaml.safe_load(stored.read_text()), yaml.safe_load(text))
+    elif stored.exists() and (where := _difference(_identity(yaml.safe_load(stored.read_text())), _identity(config))):
         raise ConfigError(
             f"output.dir: {out} holds a run of a different config (it differs at {where}); "
             f"pass --overwrite to replace it, or choose another --out"
