@@ -25,7 +25,7 @@ def run(name: str, out: Path) -> tuple[xr.Dataset, dict]:
 
 def test_staircase(tmp_path):
     """Three directions learned one after the other; the start sits on the first plateau
-    (½‖f‖² = 3/2 up to O(k r / d)); a point equals `simulate_reduced` from the same start."""
+    (½‖f‖² = 3/2 up to O(k r / d)); the starts are the documented draws of each seed."""
     results, summary = run("staircase", tmp_path)
     assert set(results.data_vars) == VARIABLES
     assert results.loss.dims == ("d", "seed", "time") and dict(results.sizes)["direction"] == 3
@@ -35,13 +35,10 @@ def test_staircase(tmp_path):
     d = results.d.values[:, None]
     assert np.all(np.abs(results.loss.isel(time=0).values - 1.5) < 10 / d)
     assert np.all(results.loss.isel(time=-1).values < 1e-8)
-    # the config runs what it says: seed 1 at d = 1000 by hand
-    overlap0 = mimflow.sample_overlap(jax.random.fold_in(jax.random.key(0), 1), 1000.0, 3, 3)
-    trajectory = mimflow.simulate_reduced(mimflow.links.staircase(3), overlap0, 1e8, num_saves=160)
-    np.testing.assert_allclose(results.overlap.sel(d=1000.0, seed=1).values, trajectory.overlap, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(
-        results.escape_time.sel(d=1000.0, seed=1).values, mimflow.escape_times(trajectory), rtol=1e-12
-    )
+    # the config runs what it says: the start of seed j at d is sample_overlap(fold_in(key(0), j), d)
+    for seed in (0, 1):
+        overlap0 = mimflow.sample_overlap(jax.random.fold_in(jax.random.key(0), seed), 1000.0, 3, 3)
+        np.testing.assert_array_equal(results.overlap.sel(d=1000.0, seed=seed).isel(time=0).values, overlap0)
 
 
 def test_escape_scaling(tmp_path):
