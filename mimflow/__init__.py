@@ -6,6 +6,8 @@ with gradient flow, Part I* (arXiv 2310.19793). See DESIGN.md for conventions.
 
 from . import links as links
 from . import theory as theory
+from ._config import ConfigError as ConfigError
+from ._config import load_config as load_config
 from ._experiments import AbstractExperiment as AbstractExperiment
 from ._experiments import FlowExperiment as FlowExperiment
 from ._experiments import ReducedExperiment as ReducedExperiment
@@ -39,12 +41,16 @@ from ._manifold import RetractedSolver as RetractedSolver
 from ._manifold import simulate as simulate
 from ._overlap import principal_cosines as principal_cosines
 from ._overlap import sample_overlap as sample_overlap
+from ._plot import figures as figures
 from ._reduced import AbstractProblem as AbstractProblem
 from ._reduced import Planted as Planted
 from ._reduced import TwoTimescale as TwoTimescale
 from ._reduced import make_problem as make_problem
 from ._reduced import reduced_loss as reduced_loss
 from ._reduced import reduced_vector_field as reduced_vector_field
+from ._report import summarize as summarize
+from ._runner import load_results as load_results
+from ._runner import run_config as run_config
 from ._stiefel import Stiefel as Stiefel
 from ._stiefel import haar_stiefel as haar_stiefel
 from ._stiefel import principal_angles as principal_angles
@@ -52,6 +58,7 @@ from ._stiefel import project_tangent as project_tangent
 from ._stiefel import retract as retract
 from ._summaries import loss_area as loss_area
 from ._summaries import smooth_escape_time as smooth_escape_time
+from ._sweep import SweepPlan as SweepPlan
 from ._sweep import grid_points as grid_points
 from ._sweep import sweep as sweep
 

@@ -40,15 +40,19 @@ def _quantiles(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
         return np.nanquantile(values, 0.25, axis=axis), np.nanquantile(values, 0.75, axis=axis)
 
 
-def _dims(results: xr.Dataset, summary: dict) -> np.ndarray:
-    return np.asarray(summary["dims"], dtype=float)
-
-
 def figures(results: xr.Dataset, summary: dict) -> dict[str, Figure]:
-    """The figures of a run, by file stem (`loss`, `singular_values`, `escape_times`)."""
+    """The figures of a run, by file stem (`loss`, `singular_values`, `escape_times`),
+    from its results (`load_results`) and summary (`summarize`); see the module doc.
+
+    **Example:**
+    ```python
+    results = mimflow.load_results("results/quickstart")
+    figures(results, mimflow.summarize(results))["loss"].savefig("loss.pdf")
+    ```
+    """
     groups = _groups(results)
     entries = summary["groups"]
-    dims = _dims(results, summary)
+    dims = np.asarray(summary["dims"], dtype=float)
     times = results["time"].values[1:]  # t = 0 has no place on a log axis
     name = summary["name"]
     out: dict[str, Figure] = {}
@@ -81,7 +85,7 @@ def figures(results: xr.Dataset, summary: dict) -> dict[str, Figure]:
             for i in range(values.shape[-1]):
                 median = _nanmedian(values[j, :, :, i], axis=0)
                 ax.plot(times, median, color=color, linestyle=styles[i % 4], label=f"d={d:g}, σ{i + 1}")
-        ax.axhline(summary_threshold(results), color="0.4", linewidth=0.8, linestyle="--", label="escape threshold")
+        ax.axhline(_threshold(results), color="0.4", linewidth=0.8, linestyle="--", label="escape threshold")
         ax.set(xscale="log", xlabel="t", ylabel="singular value", ylim=(-0.02, 1.02), title=_title(entry))
         ax.legend(fontsize="small", ncols=max(1, len(dims) // 3))
     out["singular_values"] = figure
@@ -123,7 +127,7 @@ def _title(entry: dict) -> str:
     return textwrap.fill(entry["label"], 48)
 
 
-def summary_threshold(results: xr.Dataset) -> float:
+def _threshold(results: xr.Dataset) -> float:
     return float(results.attrs.get("escape_threshold", 0.5))
 
 

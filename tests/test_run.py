@@ -251,3 +251,20 @@ def test_progress_bar_on_a_terminal_only():
     quiet = Terminal()
     Progress(4, stream=quiet, enabled=False).advance()
     assert quiet.getvalue() == ""
+
+
+def test_python_api_as_in_the_readme(reference, tmp_path):
+    """`load_config` / `run_config` / `load_results` / `summarize` / `figures` from Python,
+    on a copy of the finished reference run (so nothing is recomputed)."""
+    import mimflow
+
+    out = tmp_path / "api"
+    out.mkdir()
+    (out / "results.nc").write_bytes((reference[0] / "results.nc").read_bytes())
+    config = mimflow.load_config(QUICKSTART, ["output.batch_size=2"], smoke=True, out=str(out))
+    results, summary = mimflow.run_config(config, progress=False)
+    assert summary == json.loads((reference[0] / "summary.json").read_text())
+    xr.testing.assert_identical(results, mimflow.load_results(out))
+    assert set(mimflow.figures(results, mimflow.summarize(results))) == {"loss", "singular_values", "escape_times"}
+    with pytest.raises(mimflow.ConfigError, match="sweep.seed"):
+        mimflow.load_config(QUICKSTART, ["sweep.seed=-1"])
