@@ -165,6 +165,14 @@ def _compute(config: dict, out: Path, progress: Progress | None, stream: TextIO)
         ]
     except ValueError as error:
         raise ConfigError(f"sweep: {error}") from None
+    if meta is None and config["output"]["batch_size"] is None:
+        # at most ~16 chunks of ≥ 256 points: progress and resuming need more than one chunk
+        plans = [
+            plan
+            if plan.batch_size <= (target := max(256, -(-plan.total // 16)))
+            else SweepPlan(plan.experiment, plan.axes, batch_size=target, escape_threshold=threshold)
+            for plan in plans
+        ]
     if meta is not None and [plan.batch_size for plan in plans] != meta["batch_sizes"]:
         meta = None  # other devices: the chunks would not line up
     if meta is None:
