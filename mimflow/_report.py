@@ -108,7 +108,9 @@ def _axis_first(array: xr.DataArray, dims: tuple[str, ...]) -> np.ndarray:
 
 def summarize(results: xr.Dataset) -> dict:
     """The summary of a run's results (as in `summary.json`): per group of swept values,
-    the prediction and, per saddle, the median time on it per `d`, the fraction of seeds
+    the prediction, the median final loss per `d` and the fraction of seeds that reach
+    the predicted final loss (within 1e-3 of their initial loss), and per saddle the
+    median time on it per `d`, the fraction of seeds
     that escaped it, the predicted time, their ratio, and (with two `d` or more) the
     fitted log–log slope with its bootstrap interval and the verdict.
     Non-finite numbers (a saddle never left, a failed run) are `null`."""
@@ -145,6 +147,9 @@ def summarize(results: xr.Dataset) -> dict:
         selected = results.isel(group)
         times = _axis_first(selected.escape_time, ("d", "seed", "direction"))  # (D, S, p)
         final = _axis_first(selected.loss.isel(time=-1), ("d", "seed"))
+        start = _axis_first(selected.loss.isel(time=0), ("d", "seed"))
+        # within 1e-3 of the initial loss of the predicted final loss (a planted trap is not)
+        reached = final <= prediction.final_loss + 1e-3 * start
         entry: dict[str, Any] = {
             "point": point,
             "label": label or link_label(config["target"]),
@@ -152,6 +157,7 @@ def summarize(results: xr.Dataset) -> dict:
             "information_exponent": prediction.information_exponent,
             "predicted_final_loss": prediction.final_loss,
             "final_loss_median": _nanmedian(final, axis=1),
+            "reached_final_loss": reached.mean(axis=1),
             "saddles": [],
         }
         durations = theory.saddle_durations(prediction, times)  # (D, S, saddles)
@@ -205,6 +211,12 @@ def format_summary(summary: dict) -> str:
                     f"saddle {saddle['index']}: median time {_fmt(median)} (predicted {_fmt(predicted)}), "
                     f"escaped {saddle['escaped'][0]:.0%}"
                 )
+        lines.append(
+            "final loss, median per d: "
+            + ", ".join(_fmt(v) for v in group["final_loss_median"])
+            + "; seeds at the predicted final loss: "
+            + ", ".join(f"{v:.0%}" for v in group["reached_final_loss"])
+        )
         lines += [f"note: {note}" for note in group["notes"] if note not in group["text"]]
     return "\n".join(lines)
 

@@ -15,7 +15,8 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 def run(name: str, out: Path) -> tuple[xr.Dataset, dict]:
     assert main(["run", str(CONFIGS / f"{name}.yaml"), "--smoke", "--quiet", "--out", str(out)]) == 0
-    assert {p.name for p in (out / "figures").iterdir()} == {"escape_times.png", "loss.png", "singular_values.png"}
+    # escape times against d need two d or more
+    assert {"loss.png", "singular_values.png"} <= {p.name for p in (out / "figures").iterdir()}
     return xr.load_dataset(out / "results.nc", engine="scipy"), json.loads((out / "summary.json").read_text())
 
 
@@ -25,6 +26,7 @@ def test_planted_traps_where_two_timescale_converges(tmp_path):
     state (status SUCCESS, loss no longer moving) with loss bounded away from 0, where
     W spans the right plane in a wrong orientation (M orthogonal, M ≠ I)."""
     results, summary = run("planted_vs_two_timescale", tmp_path)
+    assert (tmp_path / "figures" / "escape_times.png").exists()
     assert results.loss.dims == ("problem", "d", "seed", "time")
     assert list(results.problem.values) == ["two-timescale", "planted"]
     start = results.overlap.isel(time=0)
@@ -43,6 +45,9 @@ def test_planted_traps_where_two_timescale_converges(tmp_path):
     )
     assert np.all(np.linalg.norm(overlap - np.eye(2), axis=(-2, -1)) > 0.5)
     assert [g["label"] for g in summary["groups"]] == ["problem=two-timescale", "problem=planted"]
+    # the summary's fraction at the predicted final loss (0 for both problems) is the untrapped one
+    assert summary["groups"][0]["reached_final_loss"] == [1.0, 1.0]
+    np.testing.assert_allclose(summary["groups"][1]["reached_final_loss"], 1 - trapped.mean(axis=1), rtol=1e-12)
 
 
 def test_finite_samples_against_population(tmp_path):
@@ -51,7 +56,8 @@ def test_finite_samples_against_population(tmp_path):
     value of its fit at W = W*: Hermite features with ridge μ (ρ = 1) fit w·h2 with
     w = 1/(1 + μ), so ½(1 − w)² + ½μw² = ½μ/(1 + μ) (the objective includes the ridge)."""
     results, summary = run("finite_vs_population", tmp_path)
-    assert results.loss.dims == ("n", "d", "seed", "time")
+    assert not (tmp_path / "figures" / "escape_times.png").exists()  # one d
+    assert results.loss.dims == ("n", "seed", "time")
     np.testing.assert_array_equal(results.n.values, [200.0, np.inf])
     assert "train_loss" in results.data_vars
     assert np.all(np.isfinite(results.train_loss.sel(n=200.0).values))
@@ -64,5 +70,5 @@ def test_finite_samples_against_population(tmp_path):
     np.testing.assert_allclose(population_final, 0.5 * mu / (1 + mu), rtol=1e-6)
     assert summary["groups"][1]["predicted_final_loss"] == pytest.approx(0.5 * mu / (1 + mu), rel=1e-12)
     # at d = 8 the finite-sample runs learn the direction by t1 too (|overlap| → 1)
-    final_overlap = np.abs(results.overlap.sel(n=200.0, d=8).isel(time=-1).values[..., 0, 0])
+    final_overlap = np.abs(results.overlap.sel(n=200.0).isel(time=-1).values[..., 0, 0])
     assert np.all(final_overlap > 0.9)
