@@ -242,3 +242,52 @@ def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "mimflow", "--help"], capture_output=True, text=True, check=True).stdout
     for command in ("run", "theory", "plot", "links"):
         assert command in out
+
+
+_KEYS = [
+    "name", "target", "dynamics", "problem", "r", "d", "n", "noise", "fit", "ridge", "rho", "solver", "time",
+    "sweep", "output", "smoke", "seed", "link", "degree", "dim", "index", "k", "hermite", "scale", "kind",
+    "kernel", "t1", "num_saves", "t_min", "rtol", "atol", "max_steps", "batch_size", "dir", "problem",
+]  # fmt: skip
+
+
+def _values():
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 10**6),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(["hermite", "staircase", "reduced", "planted", "1e6", "1,0", "mehler", "x", ""]),
+    )
+    return st.recursive(
+        scalars,
+        lambda children: st.one_of(
+            st.lists(children, max_size=4), st.dictionaries(st.sampled_from(_KEYS), children, max_size=5)
+        ),
+        max_leaves=12,
+    )
+
+
+def test_random_configs_never_raise_anything_but_config_error():
+    """Random nested values under the schema's keys (valid and invalid mixed): resolving
+    either returns a config or raises a ConfigError (a ValueError) with one line that
+    names a field; nothing else escapes (no TypeError, KeyError, traceback)."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from mimflow._config import ConfigError
+
+    base = yaml.safe_load(BASE)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.dictionaries(st.sampled_from(_KEYS), _values(), max_size=4), st.booleans())
+    def check(raw, on_base):
+        config = {**base, **raw} if on_base else raw
+        try:
+            resolve_config(config)
+        except ConfigError as error:
+            assert "\n" not in str(error) and str(error)
+
+    check()
