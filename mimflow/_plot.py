@@ -72,8 +72,14 @@ def figures(results: xr.Dataset, summary: dict) -> dict[str, Figure]:
             ax.axhline(
                 entry["predicted_final_loss"], color="0.4", linestyle=":", linewidth=0.8, label="final (predicted)"
             )
-        ax.set(xscale="log", xlabel="t", ylabel="loss", title=_title(entry))
-        ax.legend(fontsize="small")
+        ax.set(
+            xscale="log",
+            xlabel="t",
+            ylabel="loss",
+            title=_title(entry),
+            xlim=(times[0], _right_limit(results, group, times)),
+        )
+        ax.legend(fontsize="small", loc="upper right")
     out["loss"] = figure
 
     figure, axes = _panels(len(groups), f"{name}: singular values of M")
@@ -86,8 +92,15 @@ def figures(results: xr.Dataset, summary: dict) -> dict[str, Figure]:
                 median = _nanmedian(values[j, :, :, i], axis=0)
                 ax.plot(times, median, color=color, linestyle=styles[i % 4], label=f"d={d:g}, σ{i + 1}")
         ax.axhline(_threshold(results), color="0.4", linewidth=0.8, linestyle="--", label="escape threshold")
-        ax.set(xscale="log", xlabel="t", ylabel="singular value", ylim=(-0.02, 1.02), title=_title(entry))
-        ax.legend(fontsize="small", ncols=max(1, len(dims) // 3))
+        ax.set(
+            xscale="log",
+            xlabel="t",
+            ylabel="singular value",
+            ylim=(-0.02, 1.02),
+            xlim=(times[0], _right_limit(results, group, times)),
+            title=_title(entry),
+        )
+        ax.legend(fontsize="small", loc="lower right", ncols=1 + (values.shape[-1] * len(dims) > 6))
     out["singular_values"] = figure
 
     if dims.size >= 2:
@@ -121,6 +134,15 @@ def figures(results: xr.Dataset, summary: dict) -> dict[str, Figure]:
             ax.legend(fontsize="small")
         out["escape_times"] = figure
     return out
+
+
+def _right_limit(results: xr.Dataset, group: dict, times: np.ndarray) -> float:
+    """Where the figure's time axis ends: 30× the last escape of the group (the runs are
+    still or converged after it), or `t1` if some run never escaped."""
+    escape = results.escape_time.isel(group).values
+    if not np.all(np.isfinite(escape)):
+        return float(times[-1])
+    return float(min(times[-1], 30 * np.max(escape, initial=times[0])))
 
 
 def _title(entry: dict) -> str:
