@@ -160,10 +160,7 @@ class ReducedExperiment(AbstractExperiment):
     ):
         r = _check_common(link, r, t1, t_min, num_saves, max_steps)
         make_problem(link, problem, ridge=ridge, rho=rho)  # checks problem, ridge, rho
-        if solver is not None and not isinstance(solver, diffrax.AbstractSolver):
-            raise ValueError(f"`solver` must be a diffrax solver or None, got {type(solver).__name__}")
-        self.rtol, self.atol = _tolerances(rtol, atol)
-        self.solver = solver
+        self.solver, self.rtol, self.atol = _controls(solver, rtol, atol)
         if problem == "planted" and r != link.dim:
             raise ValueError(f"the planted problem needs r = k = {link.dim}, got r={r}")
         self.link, self.key, self.r, self.problem = link, key, r, problem
@@ -306,9 +303,7 @@ class FlowExperiment(AbstractExperiment):
         if d is not None and (not isinstance(d, int) or not link.dim + r <= d <= d_max):
             raise ValueError(f"`d` must be an integer in [k + r, d_max] = [{link.dim + r}, {d_max}], got {d!r}")
         check_range("noise", noise, low=0.0)
-        if solver is not None and not isinstance(solver, diffrax.AbstractSolver):
-            raise ValueError(f"`solver` must be a diffrax solver or None, got {type(solver).__name__}")
-        self.rtol, self.atol = _tolerances(rtol, atol)
+        solver, self.rtol, self.atol = _controls(solver, rtol, atol)
         self.link, self.key, self.fit, self.r, self.d_max, self.n, self.problem = link, key, fit, r, d_max, n, problem
         self.t1 = jnp.asarray(t1, dtype=float)
         self.d = None if d is None else jnp.asarray(d, dtype=float)
@@ -384,12 +379,17 @@ class FlowExperiment(AbstractExperiment):
         )
 
 
-def _tolerances(rtol: float | None, atol: float | None) -> tuple[Array | None, Array | None]:
-    """The step controller's default tolerances (`None`: `default_tolerances`), checked."""
+def _controls(
+    solver: diffrax.AbstractSolver | None, rtol: float | None, atol: float | None
+) -> tuple[diffrax.AbstractSolver | None, Array | None, Array | None]:
+    """The solver and the step controller's default tolerances, checked (`None`: the
+    simulation's default solver, `default_tolerances`)."""
+    if solver is not None and not isinstance(solver, diffrax.AbstractSolver):
+        raise ValueError(f"`solver` must be a diffrax solver or None, got {type(solver).__name__}")
     for name, value in (("rtol", rtol), ("atol", atol)):
         if value is not None:
             check_range(name, value, low=0.0, low_open=True)
-    return tuple(None if v is None else jnp.asarray(v, dtype=float) for v in (rtol, atol))
+    return solver, *(None if v is None else jnp.asarray(v, dtype=float) for v in (rtol, atol))
 
 
 def _has_rho(fit: AbstractFit | None) -> bool:

@@ -252,6 +252,12 @@ def test_bad_sweep_arguments():
         mimflow.FlowExperiment(LINK, jax.random.PRNGKey(0), 1.0, d_max=8, n=0, fit=mimflow.HermiteFeatures(2))
     with pytest.raises(ValueError, match="t1"):
         mimflow.ReducedExperiment(LINK, jax.random.PRNGKey(0), -1.0)
+    with pytest.raises(ValueError, match=r"`rtol`.*-1"):
+        mimflow.ReducedExperiment(LINK, jax.random.PRNGKey(0), 1.0, rtol=-1.0)
+    with pytest.raises(ValueError, match=r"`atol`.*0"):
+        mimflow.FlowExperiment(LINK, jax.random.PRNGKey(0), 1.0, d_max=8, atol=0.0)
+    with pytest.raises(ValueError, match=r"`solver`.*str"):
+        mimflow.FlowExperiment(LINK, jax.random.PRNGKey(0), 1.0, d_max=8, solver="tsit5")
 
 
 def test_grid_points_order():
