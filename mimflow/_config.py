@@ -12,6 +12,7 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -106,7 +107,8 @@ def load_config(
             raise ConfigError(f"--set: expected key.path=value, got {override!r}")
         _set_path(raw, key.strip(), _parse_yaml(value, f"--set {key.strip()}"), "--set")
     if out is not None:
-        raw.setdefault("output", {})
+        if raw.get("output") is None:
+            raw["output"] = {}
         if not isinstance(raw["output"], dict):
             raise ConfigError(f"output: must be a mapping, got {raw['output']!r}")
         raw["output"]["dir"] = str(out)
@@ -273,14 +275,13 @@ def _check_term(term: Any, path: str) -> dict:
     return normal
 
 
-def _check_link_spec(spec: Any, path: str) -> dict | list[dict]:
+def _check_link_spec(spec: Any, path: str) -> tuple[dict | list[dict], Link]:
+    """A link spec normalised (one term, or a list of terms), and the link it builds."""
     if isinstance(spec, list):
-        terms = [_check_term(term, f"{path}[{i}]") for i, term in enumerate(_list(spec, path))]
-        build_link(terms, path)
-        return terms
-    term = _check_term(spec, path)
-    build_link(term, path)
-    return term
+        checked: dict | list[dict] = [_check_term(term, f"{path}[{i}]") for i, term in enumerate(_list(spec, path))]
+    else:
+        checked = _check_term(spec, path)
+    return checked, build_link(checked, path)
 
 
 def _build_term(term: dict, path: str) -> Link:
@@ -370,7 +371,7 @@ _TOP = (
 
 
 def _check_fit(fit: Any, path: str) -> dict:
-    kind = _choice(_mapping(fit, path, ["kind", *_fit_keys()], required=["kind"])["kind"], f"{path}.kind", FITS)
+    kind = _choice(_mapping(fit, path, ["kind", *_FIT_KEYS], required=["kind"])["kind"], f"{path}.kind", FITS)
     if kind == "kernel-ridge":
         _mapping(fit, path, ["kind", "kernel", "ridge", "rho", "lengthscale", "degree", "offset"], required=["kernel"])
         kernel = _choice(fit["kernel"], f"{path}.kernel", KERNELS)
@@ -406,11 +407,12 @@ def _check_fit(fit: Any, path: str) -> dict:
     }
 
 
-def _fit_keys() -> list[str]:
-    return ["kernel", "ridge", "rho", "lengthscale", "degree", "offset", "num_features", "features"]
+_FIT_KEYS = ("kernel", "ridge", "rho", "lengthscale", "degree", "offset", "num_features", "features")
 
 
 def _fit_has_rho(fit: dict | None) -> bool:
+    """A Mehler kernel ridge or Hermite features: a fit with `rho`, whose population limit
+    is the reduced problem with ridge shrinkage."""
     return fit is not None and (fit["kind"] == "hermite-features" or fit.get("kernel") == "mehler")
 
 
@@ -433,8 +435,7 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
         raise _fail("description", "must be a string", description)
     c["description"] = description.strip()
     c["seed"] = _number(raw.get("seed", 0), "seed", low=0, high=2**32 - 1, integer=True)
-    c["target"] = _check_link_spec(raw["target"], "target")
-    link = build_link(c["target"])
+    c["target"], link = _check_link_spec(raw["target"], "target")
     k = link.dim
     c["dynamics"] = dynamics = _choice(raw.get("dynamics", "reduced"), "dynamics", DYNAMICS)
     c["problem"] = problem = _choice(raw.get("problem", "two-timescale"), "problem", PROBLEMS)
@@ -475,8 +476,7 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
         c["fit"] = None if fit is None else _check_fit(fit, "fit")
         if c["fit"] is not None and problems == ["planted"]:
             raise ConfigError("fit: the planted problem has no fit")
-        closed_form = c["fit"] is None or c["fit"]["kind"] == "hermite-features" or c["fit"].get("kernel") == "mehler"
-        if dynamics == "population" and not closed_form:
+        if dynamics == "population" and not (c["fit"] is None or _fit_has_rho(c["fit"])):
             raise ConfigError(
                 f"fit.kind: the population flow has a closed form without a fit, or for a Mehler kernel ridge "
                 f"or Hermite features, got {c['fit']['kind']} ({c['fit'].get('kernel', '')})"
@@ -560,6 +560,7 @@ def _check_sweep(sweep: dict, c: dict, k: int, problems: list[str]) -> dict:
             raise ConfigError(f"sweep.{axis}: {why}; axes allowed here: {', '.join(allowed)}")
     if "noise" in sweep and None in (sweep.get("n") or []):
         raise ConfigError("sweep.noise: the population (null in sweep.n) has no noise; sweep noise at finite n only")
+    mehler_ridge = c.get("fit") is not None and c["fit"]["kind"] == "kernel-ridge"  # its ρ must be < 1
     checked: dict[str, list] = {}
     for axis, values in sweep.items():
         path = f"sweep.{axis}"
@@ -568,33 +569,36 @@ def _check_sweep(sweep: dict, c: dict, k: int, problems: list[str]) -> dict:
             checked[axis] = list(range(count))
             continue
         values = _list(values, path)
-        paths = [f"{path}[{i}]" for i in range(len(values))]
+        each = partial(_each, values, path)
         if axis == "seed":
-            items = [_number(v, p, low=0, high=2**32 - 1, integer=True) for v, p in zip(values, paths, strict=True)]
+            items = each(lambda v, p: _number(v, p, low=0, high=2**32 - 1, integer=True))
         elif axis == "d":
-            items = [_check_d(v, p, k, r, flows) for v, p in zip(values, paths, strict=True)]
+            items = each(lambda v, p: _check_d(v, p, k, r, flows))
         elif axis == "link":
-            items = [_check_link_spec(v, p) for v, p in zip(values, paths, strict=True)]
-            for spec, p in zip(items, paths, strict=True):
-                if build_link(spec, p).dim != k:
-                    raise _fail(p, f"must be a link on k = {k} (the target's)", link_label(spec))
+            items = each(lambda v, p: _check_axis_link(v, p, k))
         elif axis == "problem":
             items = problems
         elif axis == "n":
-            items = [
-                None if v is None else _number(v, p, low=1, integer=True) for v, p in zip(values, paths, strict=True)
-            ]
+            items = each(lambda v, p: None if v is None else _number(v, p, low=1, integer=True))
         elif axis == "rho":
-            high_open = c.get("fit") is not None and c["fit"]["kind"] == "kernel-ridge"
-            items = [
-                _number(v, p, low=0, high=1, low_open=True, high_open=high_open)
-                for v, p in zip(values, paths, strict=True)
-            ]
+            items = each(lambda v, p: _number(v, p, low=0, high=1, low_open=True, high_open=mehler_ridge))
         elif axis in ("rtol", "atol"):
-            items = [_number(v, p, low=0, low_open=True) for v, p in zip(values, paths, strict=True)]
+            items = each(lambda v, p: _number(v, p, low=0, low_open=True))
         else:  # ridge, noise
-            items = [_number(v, p, low=0) for v, p in zip(values, paths, strict=True)]
+            items = each(lambda v, p: _number(v, p, low=0))
         checked[axis] = _unique(items, path)
+    return checked
+
+
+def _each(values: list, path: str, check: Callable[[Any, str], Any]) -> list:
+    """`check(value, "path[i]")` for each value of a list."""
+    return [check(value, f"{path}[{i}]") for i, value in enumerate(values)]
+
+
+def _check_axis_link(spec: Any, path: str, k: int) -> dict | list[dict]:
+    checked, link = _check_link_spec(spec, path)
+    if link.dim != k:
+        raise _fail(path, f"must be a link on k = {k} (the target's)", link_label(checked))
     return checked
 
 

@@ -159,14 +159,14 @@ class AbstractFlow(eqx.Module):
         check_finite(name, W)
 
 
-def _population_problem(target: Target, fit: AbstractFit | None) -> TwoTimescale:
-    """The reduced problem whose dynamics is the population limit of `fit`."""
+def _population_problem(link: Link, fit: AbstractFit | None) -> TwoTimescale:
+    """The reduced problem whose dynamics is the population limit of `fit` for `link`."""
     if fit is None:
-        return TwoTimescale(target.link)
+        return TwoTimescale(link)
     if isinstance(fit, KernelRidge) and isinstance(fit.kernel, Mehler):
-        return TwoTimescale(target.link, fit.ridge, fit.kernel.rho)
+        return TwoTimescale(link, fit.ridge, fit.kernel.rho)
     if isinstance(fit, HermiteFeatures):
-        return TwoTimescale(target.link, fit.ridge, fit.rho, max_degree=fit.degree)
+        return TwoTimescale(link, fit.ridge, fit.rho, max_degree=fit.degree)
     raise ValueError(
         f"the population flow has a closed form for fit=None (exact conditional expectation), "
         f"KernelRidge(Mehler(...)) or HermiteFeatures only, got {type(fit).__name__}"
@@ -200,7 +200,7 @@ class TwoTimescaleFlow(AbstractFlow):
         if fit is not None and not isinstance(fit, AbstractFit):
             raise ValueError(f"`fit` must be a mimflow fit or None, got {type(fit).__name__}")
         self.target, self.fit, self.data = target, fit, data
-        self.reduced = _population_problem(target, fit) if isinstance(data, Population) else None
+        self.reduced = _population_problem(target.link, fit) if isinstance(data, Population) else None
 
     def fitted(self, W, t=0.0):
         """The fast timescale at `W`: the closed-form fit on `Z = XW` (finite data), or the

@@ -14,12 +14,14 @@ import math
 import warnings
 from typing import Any
 
+import jax
 import numpy as np
 import xarray as xr
 import yaml
 
 from . import theory
-from ._config import build_link, link_label
+from ._config import _build_fit, build_link, link_label
+from ._flows import _population_problem
 from ._integrate import Status
 from ._reduced import TwoTimescale
 
@@ -67,15 +69,11 @@ def _prediction(config: dict, point: dict[str, Any]) -> tuple[theory.Prediction,
     if config["dynamics"] == "reduced":
         reduced = TwoTimescale(link, point.get("ridge", config["ridge"]), point.get("rho", config["rho"]))
     else:
-        fit = config["fit"]
-        if fit is None:
-            reduced = TwoTimescale(link)
-        elif fit["kind"] == "hermite-features":
-            ridge, rho = point.get("ridge", fit["ridge"]), point.get("rho", fit["rho"])
-            reduced = TwoTimescale(link, ridge, rho, max_degree=fit["degree"])
-        elif fit.get("kernel") == "mehler":
-            reduced = TwoTimescale(link, point.get("ridge", fit["ridge"]), point.get("rho", fit["rho"]))
-        else:
+        swept = {name: point[name] for name in ("ridge", "rho") if name in point}
+        fit = None if config["fit"] is None else {**config["fit"], **swept}
+        try:  # the fit's population limit (the flow's own mapping), where it has a closed form
+            reduced = _population_problem(link, _build_fit(fit, jax.random.key(0)))
+        except ValueError:
             reduced = TwoTimescale(link)
             notes.append(f"the prediction leaves out the {fit['kind']} fit's shrinkage (no closed form)")
         if config["dynamics"] == "finite-sample":

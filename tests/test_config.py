@@ -158,6 +158,8 @@ def test_defaults_and_overrides(tmp_path):
     assert config["r"] == 1 and config["ridge"] == 0.0 and config["rho"] == 1.0 and config["seed"] == 0
     assert config["output"] == {"dir": str(tmp_path / "o"), "batch_size": None, "escape_threshold": 0.5}
     assert resolve_config(config) == config  # resolving is idempotent
+    empty_output = _write(tmp_path, BASE + "output:\n")  # an empty section, then --out
+    assert load_config(empty_output, out="elsewhere")["output"]["dir"] == "elsewhere"
     ((static, experiment, axes),) = build_jobs(config)
     assert static == {} and axes == {"d": [50.0, 500.0], "seed": [0, 1]}
     assert experiment.num_saves == 12 and float(experiment.rtol) == 1e-7 and experiment.atol is None
@@ -291,3 +293,26 @@ def test_random_configs_never_raise_anything_but_config_error():
             assert "\n" not in str(error) and str(error)
 
     check()
+
+
+def test_prediction_of_a_flow_uses_its_fits_shrinkage():
+    """A finite-sample flow's prediction is its fit's population limit: a Mehler kernel
+    ridge (ρ = ½, swept μ = 1) keeps w_3 = ρ³/(ρ³ + μ) = 1/9 of h3, so the d² saddle's
+    constant 1/12 (DESIGN §2) becomes 9/12; an RBF kernel has no closed form and says so."""
+    from mimflow._report import _prediction
+
+    base = {
+        "target": {"link": "hermite", "degree": 3},
+        "time": {"t1": 100},
+        "d": 20,
+        "dynamics": "finite-sample",
+        "n": 100,
+    }
+    mehler = resolve_config({**base, "fit": {"kind": "kernel-ridge", "kernel": "mehler", "rho": 0.5, "ridge": 0.1}})
+    prediction, notes = _prediction(mehler, {"ridge": 1.0})
+    assert prediction.saddles[0].constant == pytest.approx(9 / 12, rel=1e-12)
+    assert notes == ["finite samples: the prediction is the population limit n → ∞"]
+    rbf = resolve_config({**base, "fit": {"kind": "kernel-ridge", "kernel": "rbf"}})
+    prediction, notes = _prediction(rbf, {})
+    assert prediction.saddles[0].constant == pytest.approx(1 / 12, rel=1e-12)
+    assert any("no closed form" in note for note in notes)
