@@ -12,6 +12,7 @@ DIR/partial/        finished chunks of an unfinished run (removed at the end)
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -141,7 +142,9 @@ def _combine(config: dict, jobs: list, datasets: list[xr.Dataset]) -> xr.Dataset
     return combined
 
 
-def _compute(config: dict, out: Path, progress: Progress | None, stream: TextIO) -> xr.Dataset:
+def _compute(config: dict, out: Path, progress: bool | None, stream: TextIO) -> xr.Dataset:
+    """Run the sweeps of `config` chunk by chunk into `out/partial` (reusing the chunks
+    saved there by an interrupted run of the same config), then write `out/results.nc`."""
     jobs = build_jobs(config)
     partial = out / PARTIAL
     partial.mkdir(parents=True, exist_ok=True)
@@ -152,27 +155,20 @@ def _compute(config: dict, out: Path, progress: Progress | None, stream: TextIO)
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else None
     if meta is not None and (meta.get("config") != digest or len(meta.get("batch_sizes", [])) != len(jobs)):
         meta = None
-    threshold = config["output"]["escape_threshold"]
     try:
         plans = [
             SweepPlan(
                 experiment,
                 axes,
                 batch_size=meta["batch_sizes"][j] if meta else config["output"]["batch_size"],
-                escape_threshold=threshold,
+                # at most ~16 chunks of ≥ 256 points: progress and resuming need more than one chunk
+                max_batch_size=max(256, -(-math.prod(len(v) for v in axes.values()) // 16)),
+                escape_threshold=config["output"]["escape_threshold"],
             )
             for j, (_, experiment, axes) in enumerate(jobs)
         ]
     except ValueError as error:
         raise ConfigError(f"sweep: {error}") from None
-    if meta is None and config["output"]["batch_size"] is None:
-        # at most ~16 chunks of ≥ 256 points: progress and resuming need more than one chunk
-        plans = [
-            plan
-            if plan.batch_size <= (target := max(256, -(-plan.total // 16)))
-            else SweepPlan(plan.experiment, plan.axes, batch_size=target, escape_threshold=threshold)
-            for plan in plans
-        ]
     if meta is not None and [plan.batch_size for plan in plans] != meta["batch_sizes"]:
         meta = None  # other devices: the chunks would not line up
     if meta is None:

@@ -131,14 +131,18 @@ def _available_bytes(device: jax.Device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def _chunk_size(experiment: AbstractExperiment, total: int, batch_size: int | None, num_devices: int) -> int:
+def _chunk_size(
+    experiment: AbstractExperiment, total: int, batch_size: int | None, num_devices: int, max_batch_size: int | None
+) -> int:
     """Points per compiled call: `batch_size`, or as many as fit in a quarter of the free
-    memory of a device by the experiment's estimate; a multiple of the device count."""
+    memory of a device by the experiment's estimate (at most `max_batch_size`); a
+    multiple of the device count."""
     if batch_size is None:
         p = min(experiment.link.dim, experiment.r)
         output_bytes = 8 * experiment.num_saves * (3 + p + experiment.link.dim * experiment.r)
         per_device = _available_bytes(jax.devices()[0]) // 4 // (experiment.working_bytes() + output_bytes)
-        batch_size = max(1, min(total, per_device * num_devices))
+        cap = total if max_batch_size is None else min(total, max_batch_size)
+        batch_size = max(1, min(cap, per_device * num_devices))
     elif not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be None or an integer ≥ 1, got {batch_size!r}")
     return -(-min(batch_size, total) // num_devices) * num_devices
@@ -176,7 +180,22 @@ def _dataset(experiment: AbstractExperiment, axes, arrays: dict[str, np.ndarray]
 class SweepPlan:
     """A sweep cut into chunks that can be run one at a time, in any order and in any
     process, each giving the same numbers (used by `sweep`, and by `mimflow run` to
-    save chunks as they finish and resume after an interruption)."""
+    save chunks as they finish and resume after an interruption).
+
+    **Arguments:** as `sweep`, and `max_batch_size`: a cap on the automatic batch size
+    (ignored when `batch_size` is given).
+
+    **Attributes:** `total` (grid points), `batch_size` (points per chunk, the last
+    chunk padded), `num_chunks`. `run_chunk(i)` returns chunk `i`'s outputs as NumPy
+    arrays with a leading `batch_size` axis (`loss`: `(batch_size, time)`, …, as in
+    `sweep`); `dataset(chunks)` assembles all of them into `sweep`'s dataset.
+
+    **Example:**
+    ```python
+    plan = SweepPlan(experiment, {"seed": range(1024), "d": [1e2, 1e3]}, batch_size=256)
+    results = plan.dataset([plan.run_chunk(i) for i in range(plan.num_chunks)])  # = sweep(...)
+    ```
+    """
 
     def __init__(
         self,
@@ -184,6 +203,7 @@ class SweepPlan:
         axes: Axes,
         *,
         batch_size: int | None = None,
+        max_batch_size: int | None = None,
         devices: Sequence[jax.Device] | None = None,
         escape_threshold: float = 0.5,
     ):
@@ -198,7 +218,9 @@ class SweepPlan:
         self.experiment, self.escape_threshold = experiment, escape_threshold
         self.mesh = Mesh(np.array(devices), (_BATCH,)) if len(devices) > 1 else None
         self.total = math.prod(len(values) for values in self.axes.values())
-        self.batch_size = _chunk_size(experiment, self.total, batch_size, len(devices))
+        if max_batch_size is not None and (not isinstance(max_batch_size, int) or max_batch_size < 1):
+            raise ValueError(f"`max_batch_size` must be None or an integer ≥ 1, got {max_batch_size!r}")
+        self.batch_size = _chunk_size(experiment, self.total, batch_size, len(devices), max_batch_size)
         # the last chunk is filled up with copies of the first point, then dropped
         flat = np.concatenate([np.arange(self.total), np.zeros(-self.total % self.batch_size, dtype=int)])
         self.num_chunks = flat.size // self.batch_size

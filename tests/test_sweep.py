@@ -265,3 +265,15 @@ def test_grid_points_order():
     points = mimflow.grid_points({"seed": [4, 5], "d": [10.0, 20.0, 30.0]})
     np.testing.assert_array_equal(points["seed"], [4, 4, 4, 5, 5, 5])
     np.testing.assert_array_equal(points["d"], [10, 20, 30, 10, 20, 30])
+
+
+def test_plan_chunking_without_running():
+    """The automatic batch size respects `max_batch_size`; the last chunk is padded."""
+    experiment = _reduced_experiment(d=100.0)
+    plan = mimflow.SweepPlan(experiment, {"seed": range(8)}, max_batch_size=3)
+    assert (plan.total, plan.batch_size, plan.num_chunks) == (8, 3, 3)
+    assert mimflow.SweepPlan(experiment, {"seed": range(8)}, batch_size=5, max_batch_size=3).batch_size == 5
+    with pytest.raises(ValueError, match="max_batch_size.*0"):
+        mimflow.SweepPlan(experiment, {"seed": range(8)}, max_batch_size=0)
+    with pytest.raises(ValueError, match=r"chunk `index`.*3"):
+        plan.run_chunk(3)
