@@ -124,9 +124,8 @@ def _theory(args) -> int:
 
 
 def _plot(args) -> int:
-    from ._plot import save_figures
     from ._report import summarize
-    from ._runner import FIGURES, load_results
+    from ._runner import FIGURES, load_results, save_figures
 
     results = load_results(args.dir)
     for path in save_figures(results, summarize(results), Path(args.dir) / FIGURES):

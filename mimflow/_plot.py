@@ -12,15 +12,15 @@ can be read back from the returned figures.
 
 import math
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import xarray as xr
 from matplotlib.figure import Figure
 
-from ._report import _axis_first, _groups, _nanmedian
+from . import theory
+from ._report import _axis_first, _groups, _nanmedian, group_predictions
 
-__all__ = ["figures", "save_figures"]
+__all__ = ["figures"]
 
 
 def _panels(count: int, title: str) -> tuple[Figure, list]:
@@ -104,9 +104,6 @@ def figures(results: xr.Dataset, summary: dict) -> dict[str, Figure]:
     out["singular_values"] = figure
 
     if dims.size >= 2:
-        from . import theory
-        from ._report import group_predictions
-
         predictions = [prediction for _, prediction in group_predictions(results)]
         figure, axes = _panels(len(groups), f"{name}: time on each saddle against d")
         for ax, group, entry, prediction in zip(axes, groups, entries, predictions, strict=True):
@@ -151,16 +148,3 @@ def _title(entry: dict) -> str:
 
 def _threshold(results: xr.Dataset) -> float:
     return float(results.attrs.get("escape_threshold", 0.5))
-
-
-def save_figures(results: xr.Dataset, summary: dict, directory: str | Path) -> list[Path]:
-    """Write `figures(results, summary)` as PNG files in `directory`; return their paths."""
-    from ._runner import atomic_write
-
-    directory = Path(directory)
-    paths = []
-    for stem, figure in figures(results, summary).items():
-        path = directory / f"{stem}.png"
-        atomic_write(path, lambda tmp, figure=figure: figure.savefig(tmp, format="png", dpi=110))
-        paths.append(path)
-    return paths

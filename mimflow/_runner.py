@@ -26,10 +26,12 @@ import xarray as xr
 import yaml
 
 from ._config import STATIC_AXES, ConfigError, build_jobs, dump_config, link_label
+from ._plot import figures
 from ._progress import Progress
+from ._report import summarize
 from ._sweep import SweepPlan
 
-__all__ = ["run_config", "load_results", "RESULTS", "SUMMARY", "CONFIG"]
+__all__ = ["run_config", "load_results", "save_figures", "RESULTS", "SUMMARY", "CONFIG"]
 
 RESULTS, SUMMARY, CONFIG, PARTIAL, FIGURES = "results.nc", "summary.json", "config.yaml", "partial", "figures"
 _ENGINE = "scipy"  # netCDF3 64-bit offset: written by scipy, with no HDF5 or netCDF C library
@@ -93,6 +95,17 @@ def _identity(config: dict) -> dict:
     """What makes two runs the same: the resolved config without its output directory
     (so a run directory can be moved or renamed and still resume)."""
     return {**config, "output": {k: v for k, v in config["output"].items() if k != "dir"}}
+
+
+def save_figures(results: xr.Dataset, summary: dict, directory: str | Path) -> list[Path]:
+    """Write `figures(results, summary)` as PNG files in `directory`; return their paths."""
+    directory = Path(directory)
+    paths = []
+    for stem, figure in figures(results, summary).items():
+        path = directory / f"{stem}.png"
+        atomic_write(path, lambda tmp, figure=figure: figure.savefig(tmp, format="png", dpi=110))
+        paths.append(path)
+    return paths
 
 
 def _clear(out: Path) -> None:
@@ -213,9 +226,6 @@ def run_config(
     size, so its results equal an uninterrupted run's. A directory holding a
     different config is an error unless `overwrite`. A finished run is not recomputed.
     """
-    from ._plot import save_figures
-    from ._report import summarize
-
     stream = sys.stderr if stream is None else stream
     out = Path(config["output"]["dir"])
     text = dump_config(config)
