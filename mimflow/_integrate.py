@@ -8,7 +8,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Float, Int, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from ._checks import check_range, is_concrete
 from ._link import Link
@@ -43,6 +43,9 @@ class Trajectory(eqx.Module):
     - `problem`: the reduced problem that produced the trajectory, used by
       `escape_times` to locate crossings between saves (`None` for d-dimensional
       flows, whose crossings are interpolated between saves).
+    - `crossings`: for reduced trajectories, the solver step in which each singular
+      value first passed `ESCAPE_THRESHOLD`, recorded during the solve (`escape_times`
+      finds the crossing inside it); `None` for d-dimensional flows.
     """
 
     ts: Float[Array, " n"]
@@ -54,6 +57,7 @@ class Trajectory(eqx.Module):
     train_loss: Float[Array, " n"] | None = None
     test_loss: Float[Array, " n"] | None = None
     problem: AbstractProblem | None = None
+    crossings: "CrossingSteps | None" = None
 
     @property
     def succeeded(self) -> jax.Array:
@@ -159,6 +163,124 @@ def default_controller(
     return diffrax.ClipStepSizeController(RelativeFloor(pid), step_ts=ts)
 
 
+ESCAPE_THRESHOLD = 0.5
+"""The singular value of `M` at which a direction counts as learned (DESIGN §1)."""
+
+
+def _eigenvalues(overlap: Float[Array, "k r"]) -> Float[Array, " p"]:
+    """Eigenvalues of the `p × p` Gram matrix of `M` (the squared singular values), largest first."""
+    gram = overlap @ overlap.T if overlap.shape[0] <= overlap.shape[1] else overlap.T @ overlap
+    return jnp.linalg.eigvalsh(gram)[::-1]
+
+
+class CrossingSteps(eqx.Module):
+    """Per singular value of `M` (`p` of them): whether it has passed `threshold`, and
+    the accepted solver step `[t0, t1]` in which it did, with the step's dense output
+    (`t0 = t1`: already above at the start). Carried as the solver state of
+    `_RecordCrossings`, so a crossing costs no second solve to locate."""
+
+    crossed: Bool[Array, " p"]
+    t0: Float[Array, " p"]
+    t1: Float[Array, " p"]
+    dense_info: PyTree[Array]
+    threshold: float = eqx.field(static=True)
+    interpolation_cls: type = eqx.field(static=True)
+
+
+class _RecordCrossings(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+    """Wraps a solver; after every step, the singular values of `M` that first pass
+    `threshold` in it have the step recorded in the solver state. The integrator keeps
+    the solver state of accepted steps only, so rejected steps record nothing."""
+
+    solver: diffrax.AbstractSolver
+    threshold: float = eqx.field(static=True)
+
+    @property
+    def term_structure(self):
+        return self.solver.term_structure
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore
+        return self.solver.interpolation_cls
+
+    @property
+    def term_compatible_contr_kwargs(self):
+        return self.solver.term_compatible_contr_kwargs
+
+    # `isinstance(·, AbstractImplicitSolver)` is forwarded to the wrapped solver, and
+    # diffrax then reads (and fills in the step controller's tolerances of) its root finder
+    @property
+    def root_finder(self):
+        return self.solver.root_finder
+
+    @property
+    def root_find_max_steps(self):
+        return self.solver.root_find_max_steps
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        inner = self.solver.init(terms, t0, t1, y0, args)
+        _, _, dense_struct, _, _ = eqx.filter_eval_shape(self.solver.step, terms, t0, t1, y0, args, inner, False)
+        p = min(y0.shape)
+        t0 = jnp.full((p,), t0, dtype=y0.dtype)
+        steps = CrossingSteps(
+            crossed=_eigenvalues(y0) >= self.threshold**2,
+            t0=t0,
+            t1=t0,
+            dense_info=jax.tree.map(lambda leaf: jnp.zeros((p, *leaf.shape), leaf.dtype), dense_struct),
+            threshold=self.threshold,
+            interpolation_cls=self.solver.interpolation_cls,
+        )
+        return inner, steps
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        inner, steps = solver_state
+        y1, y_error, dense_info, inner, result = self.solver.step(terms, t0, t1, y0, args, inner, made_jump)
+        new = ~steps.crossed & (_eigenvalues(jax.lax.stop_gradient(y1)) >= self.threshold**2)
+        record = lambda now, before: jnp.where(new.reshape(new.shape + (1,) * (before.ndim - 1)), now, before)
+        steps = eqx.tree_at(
+            lambda s: (s.crossed, s.t0, s.t1, s.dense_info),
+            steps,
+            (
+                steps.crossed | new,
+                record(jnp.asarray(t0, steps.t0.dtype), steps.t0),
+                record(jnp.asarray(t1, steps.t1.dtype), steps.t1),
+                jax.tree.map(record, jax.lax.stop_gradient(dense_info), steps.dense_info),
+            ),
+        )
+        return y1, y_error, dense_info, (inner, steps), result
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+def _locate(steps: CrossingSteps, index: Int[Array, ""]) -> Float[Array, ""]:
+    """The time in the recorded step at which the `index`-th eigenvalue of the Gram
+    matrix of the step's dense output reaches `threshold²`, by bisection to the
+    resolution of the time variable; `inf` if that singular value never passed."""
+    t0, t1 = steps.t0[index], steps.t1[index]
+    dense_info = jax.tree.map(lambda leaf: leaf[index], steps.dense_info)
+    interpolation = steps.interpolation_cls(t0=t0, t1=jnp.where(t1 > t0, t1, t0 + 1), **dense_info)
+    above = lambda t: _eigenvalues(interpolation.evaluate(t))[index] >= steps.threshold**2
+
+    def bisect(_, bracket):
+        low, high = bracket
+        middle = low + 0.5 * (high - low)
+        return jnp.where(above(middle), low, middle), jnp.where(above(middle), middle, high)
+
+    iterations = 64 if t0.dtype == jnp.float64 else 32
+    _, high = jax.lax.fori_loop(0, iterations, bisect, (t0, t1))
+    return jnp.where(steps.crossed[index], jnp.where(t1 > t0, high, t0), jnp.inf)
+
+
 def _term() -> diffrax.ODETerm:
     return diffrax.ODETerm(lambda t, y, problem: problem.vector_field(y))
 
@@ -192,7 +314,7 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
     start_finite = jnp.isfinite(overlap0).all()
     sol = diffrax.diffeqsolve(
         _term(),
-        solver,
+        _RecordCrossings(solver, ESCAPE_THRESHOLD),
         ts[0],
         ts[-1],
         None,
@@ -200,7 +322,7 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
         # iterations would otherwise couple it to the rest of the batch
         jnp.where(start_finite, overlap0, 0.0),
         args=problem,
-        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)]),
+        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)], solver_state=True),
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,
         adjoint=adjoint,
@@ -226,6 +348,7 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
         status=_status(sol.result, finite),
         num_steps=sol.stats["num_steps"],
         problem=problem,
+        crossings=sol.solver_state[1],
     )
 
 
@@ -341,16 +464,26 @@ def escape_times(trajectory: Trajectory, threshold: float = 0.5) -> Float[Array,
     learned); `inf` where it never does within the trajectory.
 
     For reduced trajectories the crossing is located to solver accuracy, not at the
-    nearest save: the flow is re-integrated from the save just before it with an
-    event and a root find (`Kvaerno5` at the default tolerances of the dtype). For
-    d-dimensional flows (`simulate`) it is interpolated linearly in `log t` between
-    the bracketing saves (save densely to resolve it).
+    nearest save. At `threshold = ESCAPE_THRESHOLD` (½) the solve itself recorded the
+    accepted step in which each singular value first passed it, and the crossing is
+    found by bisection on that step's dense output (the first step-level crossing, so a
+    brief excursion above `threshold` between two saves counts). At any other
+    threshold the flow is re-integrated from the save just before the first save above
+    it, with an event and a root find (`Kvaerno5` at the default tolerances of the
+    dtype; a second solve, compiled on first use). For d-dimensional flows (`simulate`)
+    it is interpolated linearly in `log t` between the bracketing saves (save densely
+    to resolve it).
     Accepts a batch of trajectories (any leading axes) from `vmap`.
 
     **Returns:** `(p,)` times, or `(*batch, p)`.
     """
     batch = trajectory.ts.ndim - 1
-    crossing = _crossing if trajectory.problem is not None else _crossing_between_saves
+    if trajectory.crossings is not None and trajectory.crossings.threshold == threshold:
+        crossing = lambda traj, i, _: _locate(traj.crossings, i)
+    elif trajectory.problem is not None:
+        crossing = _crossing
+    else:
+        crossing = _crossing_between_saves
     single = lambda traj: jax.vmap(lambda i: crossing(traj, i, threshold))(jnp.arange(traj.singular_values.shape[-1]))
     for _ in range(batch):
         single = eqx.filter_vmap(single)

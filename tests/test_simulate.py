@@ -338,6 +338,30 @@ def test_escape_times_direct_call_and_never():
     assert np.isinf(np.asarray(mimflow.escape_times(short))).all()
 
 
+def test_recorded_crossing_step_against_reintegration_and_quadrature():
+    """At ½ the crossing is found inside the solver step recorded during the solve; at
+    any other threshold (and with the record dropped) by re-integrating from the save
+    before it. Both against the quadrature of `dt = dm / ṁ`, for `h3` from `m0 = 0.05`."""
+    link = links.hermite(3)
+    traj = mimflow.simulate_reduced(link, [[0.05]], 1e6, num_saves=64)
+    assert traj.crossings is not None and traj.crossings.threshold == 0.5
+    recorded = float(mimflow.escape_times(traj)[0])
+    reintegrated = float(
+        mimflow.escape_times(eqx.tree_at(lambda t: t.crossings, traj, None, is_leaf=lambda x: x is None))[0]
+    )
+    assert recorded == pytest.approx(escape_oracle({3: 1.0}, 0.05, "two-timescale"), rel=1e-7)
+    assert reintegrated == pytest.approx(recorded, rel=1e-7)
+    # the recorded step brackets the crossing, and it lies between the two saves around it
+    steps = traj.crossings
+    assert float(steps.t0[0]) < recorded <= float(steps.t1[0])
+    later = float(mimflow.escape_times(traj, 0.8)[0])
+    assert later == pytest.approx(quad_time({3: 1.0}, 0.05, 0.8, "two-timescale"), rel=1e-7)
+    # already above at the start: the time is 0 on both paths
+    start = mimflow.simulate_reduced(link, [[0.9]], 10.0, num_saves=64)
+    assert float(mimflow.escape_times(start)[0]) == 0.0
+    assert float(mimflow.escape_times(start, 0.7)[0]) == 0.0
+
+
 # --------------------------------------------------------------------------------------
 # 3. Saddle-to-saddle: h1(z1) + h3(z2) at d = 10³
 # --------------------------------------------------------------------------------------
