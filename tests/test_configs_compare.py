@@ -20,6 +20,7 @@ def run(name: str, out: Path) -> tuple[xr.Dataset, dict]:
     return xr.load_dataset(out / "results.nc", engine="scipy"), json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow  # CI time: notebooks/03_planted_vs_two_timescale (run by test_notebooks.py) checks the same config at the same size
 def test_planted_traps_where_two_timescale_converges(tmp_path):
     """From the same starts (equal overlaps at t = 0), every two-timescale run learns the
     target (loss → 0) while some planted runs stop at a spurious minimum: a steady
@@ -50,6 +51,7 @@ def test_planted_traps_where_two_timescale_converges(tmp_path):
     np.testing.assert_allclose(summary["groups"][1]["reached_final_loss"], 1 - trapped.mean(axis=1), rtol=1e-12)
 
 
+@pytest.mark.slow  # CI time: notebooks/04_finite_samples (run by test_notebooks.py) checks the same config at the same size
 def test_finite_samples_against_population(tmp_path):
     """n = 200 samples and the population (n = inf) from the same W*, W0: train_loss is
     finite for samples and absent (nan) for the population. The population ends at the

@@ -23,6 +23,7 @@ def run(name: str, out: Path) -> tuple[xr.Dataset, dict]:
     return xr.load_dataset(out / "results.nc", engine="scipy"), json.loads((out / "summary.json").read_text())
 
 
+@pytest.mark.slow  # CI time: notebooks/01_saddle_to_saddle (run by test_notebooks.py) checks the staircase's plateaus and order
 def test_staircase(tmp_path):
     """Three directions learned one after the other; the start sits on the first plateau
     (½‖f‖² = 3/2 up to O(k r / d)); the starts are the documented draws of each seed."""
@@ -41,6 +42,7 @@ def test_staircase(tmp_path):
         np.testing.assert_array_equal(results.overlap.sel(d=1000.0, seed=seed).isel(time=0).values, overlap0)
 
 
+@pytest.mark.slow  # CI time: notebooks/02_escape_time_scaling (run by test_notebooks.py) checks h1…h4 at the same size
 def test_escape_scaling(tmp_path):
     """h1..h4: laws log d, d, d², d³ with constants ½ and 1/(2(s−1)s) (DESIGN §2, α_s = 1);
     the median escape times lie within an O(1) factor of them, and the slopes of h1..h3

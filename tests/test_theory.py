@@ -141,6 +141,7 @@ def test_simulated_slopes_agree_with_predicted_laws(names, dims):
         assert comparison.all_agree and "DISAGREES" not in str(comparison)
 
 
+@pytest.mark.slow  # CI time: notebooks/01_saddle_to_saddle (run by test_notebooks.py) checks the plateau levels
 def test_plateau_levels_match_simulated_plateaus():
     """The loss simulated mid-plateau (geometric mean of successive escape times) equals
     the predicted level to O(d^{−1/2}) (a `log d` plateau is a ramp: the incoming overlap
