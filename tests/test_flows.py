@@ -276,6 +276,7 @@ def check_finite_sample_convergence(seeds):
     return errors
 
 
+@pytest.mark.slow  # CI time: notebooks/04_finite_samples (run by test_notebooks.py) checks finite-sample flows against the population
 def test_finite_samples_approach_population():
     check_finite_sample_convergence({1_000: 8, 10_000: 8, 100_000: 1})
 

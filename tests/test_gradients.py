@@ -41,6 +41,7 @@ def _assert_gradients_match(fn, params, tol=1e-4):
         assert np.max(np.abs(exact)) > 1e-6, name  # the outcome does depend on it
 
 
+@pytest.mark.slow  # CI time: notebooks/05_differentiable_sweeps (run by test_notebooks.py) checks reduced gradients against a closed form and finite differences
 def test_reduced_gradients_over_a_grid():
     """Mean over a vmapped grid of seeds of the loss at T, the log-time area under the
     loss and the smooth escape time of the second direction, differentiated with
