@@ -187,13 +187,11 @@ class CrossingSteps(eqx.Module):
     interpolation_cls: type = eqx.field(static=True)
 
 
-class _RecordCrossings(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
-    """Wraps a solver; after every step, the singular values of `M` that first pass
-    `threshold` in it have the step recorded in the solver state. The integrator keeps
-    the solver state of accepted steps only, so rejected steps record nothing."""
+class _ForwardingSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+    """A wrapped diffrax solver that forwards everything but what a subclass overrides
+    (`RetractedSolver`: `step`; `_RecordCrossings`: `init` and `step`)."""
 
-    solver: diffrax.AbstractSolver
-    threshold: float = eqx.field(static=True)
+    solver: eqx.AbstractVar[diffrax.AbstractSolver]
 
     @property
     def term_structure(self):
@@ -227,6 +225,21 @@ class _RecordCrossings(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
         return self.solver.error_order(terms)
 
     def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+
+class _RecordCrossings(_ForwardingSolver):
+    """Wraps a solver; after every step, the singular values of `M` that first pass
+    `threshold` in it have the step recorded in the solver state. The integrator keeps
+    the solver state of accepted steps only, so rejected steps record nothing."""
+
+    solver: diffrax.AbstractSolver
+    threshold: float = eqx.field(static=True)
+
+    def init(self, terms, t0, t1, y0, args):
         inner = self.solver.init(terms, t0, t1, y0, args)
         _, _, dense_struct, _, _ = eqx.filter_eval_shape(self.solver.step, terms, t0, t1, y0, args, inner, False)
         p = min(y0.shape)
@@ -257,9 +270,6 @@ class _RecordCrossings(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSo
             ),
         )
         return y1, y_error, dense_info, (inner, steps), result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
 
 def _locate(steps: CrossingSteps, index: Int[Array, ""]) -> Float[Array, ""]:

@@ -8,12 +8,12 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._flows import AbstractFlow, Dataset
-from ._integrate import Trajectory, _status, check_time_grid, default_controller, save_times
+from ._integrate import Trajectory, _ForwardingSolver, _status, check_time_grid, default_controller, save_times
 from ._overlap import principal_cosines
 from ._stiefel import retract
 
 
-class RetractedSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSolver):
+class RetractedSolver(_ForwardingSolver):
     """Wraps a diffrax solver so that each step ends on St(d, r): the end point `W1`
     of the wrapped solver's step is mapped back onto the manifold by `"qr"` or
     `"polar"`, which leave points already on it unchanged, so the solver keeps its
@@ -32,38 +32,11 @@ class RetractedSolver(diffrax.AbstractAdaptiveSolver, diffrax.AbstractWrappedSol
         if self.method not in ("qr", "polar"):
             raise ValueError(f"`method` must be 'qr' or 'polar' for RetractedSolver, got {self.method!r}")
 
-    @property
-    def term_structure(self):
-        return self.solver.term_structure
-
-    @property
-    def interpolation_cls(self):  # type: ignore[override]
-        return self.solver.interpolation_cls
-
-    @property
-    def term_compatible_contr_kwargs(self):
-        return self.solver.term_compatible_contr_kwargs
-
-    def order(self, terms):
-        return self.solver.order(terms)
-
-    def strong_order(self, terms):
-        return self.solver.strong_order(terms)
-
-    def error_order(self, terms):
-        return self.solver.error_order(terms)
-
-    def init(self, terms, t0, t1, y0, args):
-        return self.solver.init(terms, t0, t1, y0, args)
-
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         y1, error, dense_info, solver_state, result = self.solver.step(
             terms, t0, t1, y0, args, solver_state, made_jump=True
         )
         return retract(y0, y1 - y0, self.method), error, dense_info, solver_state, result
-
-    def func(self, terms, t0, y0, args):
-        return self.solver.func(terms, t0, y0, args)
 
 
 def _polar(W: Float[Array, "d r"]) -> Float[Array, "d r"]:
