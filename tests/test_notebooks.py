@@ -1,18 +1,13 @@
 """Every notebook in `notebooks/` runs top to bottom at its reduced size
-(`MIMFLOW_NOTEBOOK_SMOKE=1`) without error. The notebooks assert their own headline
-numbers against independent computations (closed forms, NumPy, the theory's laws), so a
-wrong result fails here too. The saved notebooks carry the outputs of a full-size run."""
+(`MIMFLOW_NOTEBOOK_SMOKE=1`) without error: 01, 02, 03 and 06 here, the two heaviest
+(04, 05) in files of their own so that the test workers share the notebooks out. The
+notebooks assert their own headline numbers against independent computations (closed
+forms, NumPy, the theory's laws), so a wrong result fails here too. The saved notebooks carry the outputs of a full-size run."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-_spec = importlib.util.spec_from_file_location("notebook_runner", NOTEBOOKS / "execute.py")
-runner = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(runner)
+from notebook_smoke import run_at_reduced_size, runner
 
 EXPECTED = [
     "01_saddle_to_saddle",
@@ -41,18 +36,9 @@ def test_the_six_notebooks_are_there_and_saved_executed():
         assert "smoke size" not in json.dumps(outputs), f"{path.name} was saved from a reduced-size run"
 
 
-@pytest.mark.parametrize("name", EXPECTED)
+@pytest.mark.parametrize("name", [name for name in EXPECTED if name[:2] not in ("04", "05")])
 def test_notebook_runs_at_reduced_size(name):
-    notebook = runner.execute(NOTEBOOKS / f"{name}.ipynb", smoke=True)
-    code = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
-    assert all(cell["execution_count"] is not None for cell in code)
-    printed = "".join(
-        "".join(output.get("text", ""))
-        for cell in code
-        for output in cell["outputs"]
-        if output["output_type"] == "stream"
-    )
-    assert "smoke size" in printed  # the notebook saw the reduced-size switch
+    run_at_reduced_size(name)
 
 
 def test_runner_records_outputs_and_stops_at_a_failing_cell(tmp_path):
