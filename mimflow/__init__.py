@@ -12,6 +12,7 @@ from ._experiments import AbstractExperiment as AbstractExperiment
 from ._experiments import FlowExperiment as FlowExperiment
 from ._experiments import ReducedExperiment as ReducedExperiment
 from ._experiments import padded_normal as padded_normal
+from ._fast import Rodas4 as Rodas4
 from ._fits import RBF as RBF
 from ._fits import AbstractFit as AbstractFit
 from ._fits import AbstractFittedLink as AbstractFittedLink

@@ -22,6 +22,7 @@ import yaml
 
 from . import links
 from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
+from ._fast import Rodas4
 from ._fits import RBF, AbstractFit, ArcCosine, HermiteFeatures, KernelRidge, Mehler, Polynomial, RandomFeatures
 from ._link import Link
 
@@ -332,8 +333,9 @@ def link_label(spec: dict | list[dict]) -> str:
 
 DYNAMICS = ("reduced", "population", "finite-sample")
 PROBLEMS = ("two-timescale", "planted")
-SOLVERS: dict[str, type[diffrax.AbstractSolver] | None] = {
+SOLVERS: dict[str, type[diffrax.AbstractSolver] | type[Rodas4] | None] = {
     "default": None,
+    "rodas4": Rodas4,
     "tsit5": diffrax.Tsit5,
     "dopri5": diffrax.Dopri5,
     "dopri8": diffrax.Dopri8,
@@ -507,6 +509,8 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
         "atol": None if solver.get("atol") is None else _number(solver["atol"], "solver.atol", low=0, low_open=True),
         "max_steps": _number(solver.get("max_steps", 16384), "solver.max_steps", low=1, integer=True),
     }
+    if c["solver"]["name"] == "rodas4" and c["dynamics"] != "reduced":
+        raise _fail("solver.name", "rodas4 integrates the reduced dynamics only (dynamics: reduced)", "rodas4")
     output = _mapping(raw.get("output") or {}, "output", ["dir", "batch_size", "escape_threshold"])
     out_dir = output.get("dir", f"results/{name}")
     if not isinstance(out_dir, str) or not out_dir:

@@ -168,8 +168,16 @@ ESCAPE_THRESHOLD = 0.5
 
 
 def _eigenvalues(overlap: Float[Array, "k r"]) -> Float[Array, " p"]:
-    """Eigenvalues of the `p × p` Gram matrix of `M` (the squared singular values), largest first."""
+    """Eigenvalues of the `p × p` Gram matrix of `M` (the squared singular values),
+    largest first; closed form for `p ≤ 2` (batched, a LAPACK call per tiny matrix
+    would dominate the cost of locating escapes)."""
     gram = overlap @ overlap.T if overlap.shape[0] <= overlap.shape[1] else overlap.T @ overlap
+    if gram.shape[0] == 1:
+        return gram[0]
+    if gram.shape[0] == 2:
+        half_trace = 0.5 * (gram[0, 0] + gram[1, 1])
+        radius = jnp.sqrt((0.5 * (gram[0, 0] - gram[1, 1])) ** 2 + gram[0, 1] ** 2)
+        return jnp.stack([half_trace + radius, half_trace - radius])
     return jnp.linalg.eigvalsh(gram)[::-1]
 
 
@@ -407,11 +415,20 @@ def simulate_reduced(
     mimflow.escape_times(traj)  # one time per direction
     ```
     """
+    from ._fast import Rodas4, known_entries, solve_rodas4
+
     prob = make_problem(link, problem, ridge=ridge, rho=rho)
     prob.check_overlap(M0, "M0")
     check_time_grid(t1, t_min, num_saves, max_steps)
     M0 = jnp.asarray(M0, dtype=float)
     ts = save_times(t1, num_saves, t_min)
+    if isinstance(solver, Rodas4):
+        if stepsize_controller is not None or adjoint is not None:
+            raise ValueError(
+                "`Rodas4` controls its own steps (its `rtol`, `atol`) and is not differentiable in reverse mode: "
+                "pass neither `stepsize_controller` nor `adjoint` with it"
+            )
+        return solve_rodas4(prob, M0, ts, solver, max_steps, steady_state, known_entries(prob))
     solver = _default_solver(ts.dtype) if solver is None else solver
     if stepsize_controller is None:
         stepsize_controller = default_controller(ts)

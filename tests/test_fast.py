@@ -1,0 +1,157 @@
+"""`Rodas4`, the batched Rosenbrock path of `simulate_reduced`, against independent
+computations: a closed-form ODE (order of the method), quadrature of the single-index
+ODE, SciPy's Radau on a NumPy right-hand side, and the diffrax path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.integrate import quad, solve_ivp
+
+import mimflow
+from mimflow import links
+from mimflow._fast import _jacobian, _rodas4_step
+
+TIGHT = mimflow.Rodas4(rtol=1e-10, atol=1e-13)
+TWO = links.hermite(1, 2, 0) + links.hermite(3, 2, 1)  # h1(z1) + h3(z2): log d, then d²
+
+
+def test_rodas4_step_is_fourth_order_with_a_third_order_error_estimate():
+    """Logistic `y' = y(1 − y)` (closed form) with fixed steps: the global error falls
+    as h⁴ (or faster) and the embedded estimate of one step as h⁴."""
+    field = lambda y: (y[0] * (1 - y[0]), -y[1] + y[0] ** 2)
+    exact = np.exp(1.0) * 0.1 / (0.9 + 0.1 * np.exp(1.0))
+    errors, estimates = [], []
+    for steps in (8, 16, 32):
+        y = (jnp.asarray(0.1), jnp.asarray(1.0))
+        for i in range(steps):
+            y, estimate = _rodas4_step(field, y, field(y), 1.0 / steps, _jacobian(field, y))
+            if i == 0:
+                estimates.append(abs(float(estimate[0])))
+        errors.append(abs(float(y[0]) - exact))
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    estimate_orders = np.log2(np.array(estimates[:-1]) / np.array(estimates[1:]))
+    assert orders.min() > 3.8, orders
+    assert np.all(np.abs(estimate_orders - 4) < 0.3), estimate_orders
+
+
+@pytest.mark.parametrize("problem", ["two-timescale", "planted"])
+def test_single_index_escape_time_matches_quadrature(problem):
+    """h3, `ṁ = 3(1 − m²) m⁵` (two-timescale) or `3(1 − m²) m²` (planted): the time to
+    reach m = ½ is `∫ dm / ṁ`, by adaptive quadrature."""
+    m0 = 0.05
+    rate = (lambda m: 3 * (1 - m * m) * m**5) if problem == "two-timescale" else (lambda m: 3 * (1 - m * m) * m**2)
+    expected = quad(lambda m: 1 / rate(m), m0, 0.5, epsabs=0, epsrel=1e-13, limit=200)[0]
+    traj = mimflow.simulate_reduced(links.hermite(3), jnp.array([[m0]]), 10 * expected, problem, solver=TIGHT)
+    assert traj.status == mimflow.Status.SUCCESS
+    assert float(mimflow.escape_times(traj)[0]) == pytest.approx(expected, rel=1e-8)
+    assert float(traj.loss[-1]) < 1e-12  # learned: the steady-state stop at the minimum
+
+
+def _two_direction_rhs(t, y):
+    """`Ṁ = (I − G) B(G) M` for h1(z1) + h3(z2) in NumPy: `B(G) = diag(1, 3 G₂₂²)`."""
+    M = y.reshape(2, 2)
+    G = M @ M.T
+    return ((np.eye(2) - G) @ np.diag([1.0, 3 * G[1, 1] ** 2]) @ M).ravel()
+
+
+def _scipy_escapes(M0, t1, ts):
+    events = []
+    for i in range(2):
+        event = lambda t, y, i=i: np.linalg.svd(y.reshape(2, 2), compute_uv=False)[i] - 0.5
+        event.direction = 1
+        events.append(event)
+    sol = solve_ivp(_two_direction_rhs, (0, t1), M0.ravel(), "Radau", t_eval=ts, rtol=1e-12, atol=1e-14, events=events)
+    return np.array([e[0] if len(e) else np.inf for e in sol.t_events]), sol.y.T.reshape(-1, 2, 2)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Eight h1 + h3 runs at d = 100 with `Rodas4`, vmapped (the batched rule)."""
+    keys = jax.random.split(jax.random.PRNGKey(3), 8)
+    M0 = jax.vmap(lambda key: mimflow.sample_overlap(key, 100.0, 2, 2))(keys)
+    run = jax.jit(jax.vmap(lambda m: mimflow.simulate_reduced(TWO, m, 1e5, num_saves=32, solver=TIGHT)))
+    return M0, run, run(M0)
+
+
+def test_batch_matches_scipy_radau_on_a_numpy_right_hand_side(batch):
+    M0, _, traj = batch
+    assert (np.asarray(traj.status) == mimflow.Status.SUCCESS).all()
+    escapes = np.asarray(mimflow.escape_times(traj))
+    ts = np.asarray(traj.ts[0])
+    for b in range(3):
+        expected, saves = _scipy_escapes(np.asarray(M0[b]), 1e5, ts)
+        np.testing.assert_allclose(escapes[b], expected, rtol=1e-7)
+        reached = ts <= 2 * expected[1]  # before the steady-state stop freezes the state
+        np.testing.assert_allclose(np.asarray(traj.overlap[b])[reached], saves[reached], atol=1e-8)
+    # singular values from the closed form equal an SVD of the saved overlaps
+    np.testing.assert_allclose(
+        traj.singular_values, np.linalg.svd(np.asarray(traj.overlap), compute_uv=False), atol=1e-14
+    )
+
+
+def test_a_divergent_element_does_not_touch_the_rest_of_the_batch(batch):
+    """A NaN start and a starved step budget in a batch: those two report NON_FINITE and
+    MAX_STEPS (with nan saves after the last step), the others equal the batch without them."""
+    M0, run, reference = batch
+    bad = M0.at[2, 0, 0].set(jnp.nan)
+    traj = run(bad)
+    status = np.asarray(traj.status)
+    assert status[2] == mimflow.Status.NON_FINITE and np.isnan(traj.loss[2]).all()
+    keep = np.arange(8) != 2
+    assert (status[keep] == mimflow.Status.SUCCESS).all()
+    np.testing.assert_array_equal(np.asarray(traj.overlap)[keep], np.asarray(reference.overlap)[keep])
+    starved = mimflow.simulate_reduced(TWO, M0[0], 1e5, num_saves=32, solver=TIGHT, max_steps=20)
+    assert starved.status == mimflow.Status.MAX_STEPS
+    assert np.isnan(starved.loss[-1]) and np.isfinite(starved.loss[0])
+    # one trajectory alone (a batch of one) equals its row of the vmapped batch
+    alone = mimflow.simulate_reduced(TWO, M0[1], 1e5, num_saves=32, solver=TIGHT)
+    np.testing.assert_allclose(alone.overlap, reference.overlap[1], rtol=0, atol=1e-13)
+
+
+def test_agrees_with_the_diffrax_path_for_planted_ridge_and_traced_links():
+    """The planted problem, ridge shrinkage swept under vmap (traced weights) and a link
+    passed through `jit` (traced tensors, no structural zeros) against Kvaerno5."""
+    M0 = mimflow.sample_overlap(jax.random.PRNGKey(0), 50.0, 2, 2)
+    cases = [
+        (mimflow.Planted(TWO), 1e3),
+        (mimflow.TwoTimescale(links.staircase(2), ridge=0.3, rho=0.7), 1e3),
+    ]
+    for problem, t1 in cases:
+        fast = mimflow.simulate_reduced(problem, M0, t1, num_saves=16, solver=TIGHT)
+        slow = mimflow.simulate_reduced(problem, M0, t1, num_saves=16)
+        np.testing.assert_allclose(fast.overlap, slow.overlap, atol=1e-7)
+        # the diffrax path (Kvaerno5 at rtol 1e-9, crossings on its cubic dense output) puts
+        # escapes at t ~ 1 within ~3e-7 of Radau at 1e-12; Rodas4 here within 1e-9 of it
+        np.testing.assert_allclose(mimflow.escape_times(fast), mimflow.escape_times(slow), rtol=1e-6)
+    traced = jax.jit(
+        jax.vmap(
+            lambda link, ridge: mimflow.simulate_reduced(link, M0, 1e4, ridge=ridge, num_saves=16, solver=TIGHT).loss,
+            in_axes=(None, 0),
+        )
+    )(TWO, jnp.array([0.0, 0.5]))
+    for i, ridge in enumerate([0.0, 0.5]):
+        slow = mimflow.simulate_reduced(TWO, M0, 1e4, ridge=ridge, num_saves=16)
+        np.testing.assert_allclose(traced[i], slow.loss, atol=1e-9)
+
+
+def test_experiments_sweeps_and_configs_take_rodas4(tmp_path):
+    experiment = mimflow.ReducedExperiment(TWO, jax.random.PRNGKey(1), 1e5, d=100.0, num_saves=16, solver=TIGHT)
+    fast = mimflow.sweep(experiment, {"seed": range(3), "rtol": [1e-10]})
+    slow = mimflow.sweep(
+        mimflow.ReducedExperiment(TWO, jax.random.PRNGKey(1), 1e5, d=100.0, num_saves=16), {"seed": range(3)}
+    )
+    np.testing.assert_allclose(fast.escape_time.values[..., 0, :], slow.escape_time.values, rtol=1e-6)
+    for seed in range(2):  # and against Radau at 1e-12 on a NumPy right-hand side, much closer
+        expected, _ = _scipy_escapes(fast.overlap.values[seed, 0, 0], 1e5, fast.time.values)
+        np.testing.assert_allclose(fast.escape_time.values[seed, 0], expected, rtol=1e-8)
+    with pytest.raises(ValueError, match="stepsize_controller"):
+        mimflow.simulate_reduced(TWO, np.eye(2) * 0.1, 10.0, solver=TIGHT, stepsize_controller=object())
+    with pytest.raises(ValueError, match="rtol"):
+        mimflow.Rodas4(rtol=-1.0)
+    with pytest.raises(ValueError, match="reduced dynamics only"):
+        mimflow.FlowExperiment(links.hermite(2), jax.random.PRNGKey(0), 1.0, d=8, d_max=8, solver=mimflow.Rodas4())
+    config = mimflow.load_config("configs/quickstart.yaml", ["solver.name=rodas4"], smoke=True, out=str(tmp_path))
+    assert isinstance(mimflow.ReducedExperiment, type) and config["solver"]["name"] == "rodas4"
+    with pytest.raises(mimflow.ConfigError, match="solver.name"):
+        mimflow.load_config("configs/finite_vs_population.yaml", ["solver.name=rodas4"], smoke=True, out=str(tmp_path))
