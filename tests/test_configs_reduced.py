@@ -63,6 +63,8 @@ def test_escape_scaling(tmp_path):
             assert saddle["agrees"], saddle["slope"]
 
 
+# ~22 s; notebook 05 checks the same time rescaling c = ρ³/(ρ³ + μ) (its gradient against the closed form) in the default run
+@pytest.mark.slow
 def test_ridge_shrinkage(tmp_path):
     """A Mehler ridge μ at ρ = 0.8 scales degree j by w_j = ρ^j / (ρ^j + μ): the log d
     saddle (degree 1) lasts 1/w_1 = 2.25 times longer at μ = 1, the d² saddle (degree 3)

@@ -138,11 +138,8 @@ def test_agrees_with_the_diffrax_path_for_planted_ridge_and_traced_links():
 def test_experiments_sweeps_and_configs_take_rodas4(tmp_path):
     experiment = mimflow.ReducedExperiment(TWO, jax.random.PRNGKey(1), 1e5, d=100.0, num_saves=16, solver=TIGHT)
     fast = mimflow.sweep(experiment, {"seed": range(3), "rtol": [1e-10]})
-    slow = mimflow.sweep(
-        mimflow.ReducedExperiment(TWO, jax.random.PRNGKey(1), 1e5, d=100.0, num_saves=16), {"seed": range(3)}
-    )
-    np.testing.assert_allclose(fast.escape_time.values[..., 0, :], slow.escape_time.values, rtol=1e-6)
-    for seed in range(2):  # and against Radau at 1e-12 on a NumPy right-hand side, much closer
+    assert (fast.status.values == mimflow.Status.SUCCESS).all()
+    for seed in range(2):  # against Radau at 1e-12 on a NumPy right-hand side
         expected, _ = _scipy_escapes(fast.overlap.values[seed, 0, 0], 1e5, fast.time.values)
         np.testing.assert_allclose(fast.escape_time.values[seed, 0], expected, rtol=1e-8)
     with pytest.raises(ValueError, match="stepsize_controller"):

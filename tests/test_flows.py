@@ -482,6 +482,8 @@ def finite_rotation_runs():
     return flow, target, data, test, W0, runs
 
 
+# ~18 s; the default run keeps test_vector_field_equivariant_under_right_rotation (the same invariance, per evaluation)
+@pytest.mark.slow
 def test_finite_sample_trajectory_invariant_under_right_rotation():
     flow, _, _, _, _, (plain, rotated) = finite_rotation_runs()
     assert int(plain.status) == int(rotated.status) == mimflow.Status.SUCCESS
@@ -546,6 +548,8 @@ def test_online_flow_follows_population_and_differs_from_offline():
     assert pop_loss[-1] < 1e-3 and online_loss[-1] < 1e-3
 
 
+# ~17 s; vmap against a loop is checked for offline flows (test_simulate_vmap_over_initial_points_equals_loop) by default
+@pytest.mark.slow
 def test_online_vmap_over_keys_equals_loop():
     batched = jax.vmap(online_run)(ONLINE_KEYS)
     for i, single in enumerate(online_runs()):

@@ -118,7 +118,13 @@ def _flow_experiment(fit, n, noise=0.0, d_max=12):
 
 
 @pytest.mark.parametrize(
-    "fit, n", [(None, None), (mimflow.HermiteFeatures(2, 1e-3, 0.9), 60)], ids=["population", "hermite-features"]
+    "fit, n",
+    [
+        (None, None),
+        # ~42 s: the padding is the same for every data source; run with -m slow
+        pytest.param(mimflow.HermiteFeatures(2, 1e-3, 0.9), 60, marks=pytest.mark.slow),
+    ],
+    ids=["population", "hermite-features"],
 )
 def test_padded_flow_sweep_equals_unpadded_runs(fit, n):
     """d is swept by zero-padding to d_max; each point equals `simulate` on the unpadded
