@@ -1,0 +1,107 @@
+"""Run every benchmark and draw the scaling figure (issue 8).
+
+Usage: python benchmarks/run_all.py [--smoke] [--out DIR]   (default DIR: benchmarks/results/<device>)
+
+Runs `reduced_vs_scipy.py`, `flow_steps.py` and `compile_time.py`, each writing
+`DIR/<name>.json` (and its printed table to `DIR/<name>.txt`), then draws
+`DIR/scaling.png`: wall time against the batch size B (reduced sweeps) and a flow
+step's time against n and against d, on log–log axes, each with its fitted exponent.
+Figures worth keeping go into `benchmarks/RESULTS.md` by hand, with the device's name.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SCRIPTS = ["reduced_vs_scipy", "flow_steps", "compile_time"]
+
+
+def exponent(x, y) -> float:
+    """The least-squares slope of log y against log x."""
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def scaling_figure(results: dict, path: Path) -> dict:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(13, 4), layout="constrained")
+    axes = figure.subplots(1, 3)
+    exponents = {}
+    rows = results.get("reduced_vs_scipy", {}).get("rows", [])
+    if len(rows) >= 2:
+        batch = np.array([row["B"] for row in rows], float)
+        seconds = np.array([row["mimflow_run_s"] for row in rows])
+        exponents["reduced_time_vs_B"] = (
+            exponent(batch[batch >= 64], seconds[batch >= 64]) if (batch >= 64).sum() >= 2 else None
+        )
+        axes[0].loglog(batch, seconds, "o-", label="mimflow (Rodas4)")
+        scipy = np.array([1 / row["scipy_traj_per_s"] for row in rows]) * batch
+        axes[0].loglog(batch, scipy, "s--", label="SciPy LSODA loop")
+        axes[0].set(
+            xlabel="trajectories B",
+            ylabel="wall time (s)",
+            title=f"reduced sweep: slope {exponents['reduced_time_vs_B'] or float('nan'):.2f} (B ≥ 64)",
+        )
+        axes[0].legend()
+    steps = results.get("flow_steps", {}).get("steps", [])
+    for panel, (axis, other) in zip(axes[1:], [("n", "d"), ("d", "n")], strict=True):
+        for fit in sorted({row["fit"] for row in steps}):
+            for value in sorted({row[other] for row in steps if row["fit"] == fit}):
+                chosen = sorted(
+                    (row for row in steps if row["fit"] == fit and row[other] == value), key=lambda row: row[axis]
+                )
+                if len(chosen) < 2:
+                    continue
+                x = np.array([row[axis] for row in chosen], float)
+                y = np.array([row["step_s"] for row in chosen])
+                slope = exponent(x, y)
+                exponents[f"flow_step_{fit}_vs_{axis}_at_{other}={value}"] = slope
+                panel.loglog(x, y, "o-", label=f"{fit}, {other} = {value}: slope {slope:.2f}")
+        panel.set(xlabel=axis, ylabel="one flow step (s)", title=f"finite-sample flow step against {axis}")
+        if panel.lines:
+            panel.legend(fontsize=7)
+    meta = results.get("reduced_vs_scipy", {})
+    figure.suptitle(f"{meta.get('device', '?')} ({meta.get('platform', '?')}), jax {meta.get('jax', '?')}")
+    figure.savefig(path, dpi=110)
+    return exponents
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args, extra = parser.parse_known_args()
+    if args.out is None:
+        import jax
+
+        args.out = HERE / "results" / jax.devices()[0].device_kind.replace(" ", "_")
+    args.out.mkdir(parents=True, exist_ok=True)
+    results, failed = {}, []
+    for name in SCRIPTS:
+        command = [sys.executable, str(HERE / f"{name}.py"), "--out", str(args.out / f"{name}.json")]
+        command += ["--smoke"] if args.smoke else []
+        print(f"$ {' '.join(command[1:])}", flush=True)
+        run = subprocess.run(command, capture_output=True, text=True)
+        (args.out / f"{name}.txt").write_text(run.stdout + run.stderr)
+        print(run.stdout[-4000:], flush=True)
+        if run.returncode != 0:
+            print(run.stderr[-4000:], file=sys.stderr)
+            failed.append(name)
+            continue
+        results[name] = json.loads((args.out / f"{name}.json").read_text())
+    exponents = scaling_figure(results, args.out / "scaling.png")
+    (args.out / "scaling.json").write_text(json.dumps(exponents, indent=1))
+    print("scaling exponents:", json.dumps(exponents, indent=1))
+    print(f"wrote {args.out}")
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
