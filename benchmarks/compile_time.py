@@ -26,7 +26,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,6 +40,7 @@ args = parser.parse_args()
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
+from _common import git_state  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
@@ -52,21 +52,6 @@ QUICKSTART = ROOT / "configs" / "quickstart.yaml"
 TRACE = "/jax/core/compile/jaxpr_trace_duration"
 LOWER = "/jax/core/compile/jaxpr_to_mlir_module_duration"
 COMPILE = "/jax/core/compile/backend_compile_duration"
-
-
-def git_state() -> dict:
-    """The commit measured and whether the library's files differed from it (None outside git)."""
-
-    def git(*command):
-        try:
-            return subprocess.run(
-                ["git", *command], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain", "--", "mimflow")
-    return {"git_commit": git("rev-parse", "HEAD"), "mimflow_modified": None if status is None else bool(status)}
 
 
 class Events:

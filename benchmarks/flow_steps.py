@@ -135,6 +135,7 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", args.dtype == "float64")
 
 import jax.numpy as jnp  # noqa: E402
+from _common import git_state  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
@@ -170,21 +171,6 @@ def median_time(fn, *fargs, min_reps=5, max_reps=200):
         jax.block_until_ready(fn(*fargs))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def git_state() -> dict:
-    """The commit measured and whether the library's files differed from it (None outside git)."""
-
-    def git(*command):
-        try:
-            return subprocess.run(
-                ["git", *command], cwd=ROOT, capture_output=True, text=True, check=True
-            ).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return None
-
-    status = git("status", "--porcelain", "--", "mimflow")
-    return {"git_commit": git("rev-parse", "HEAD"), "mimflow_modified": None if status is None else bool(status)}
 
 
 # --- the machine: memory bandwidth and matrix-multiply peak -------------------------------------

@@ -53,6 +53,7 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
+from _common import git_state  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
@@ -204,6 +205,7 @@ def main():
         "t1": args.t1,
         "num_saves": args.num_saves,
         "smoke": args.smoke,
+        **git_state(),
         "rows": rows,
     }
     if args.out:

@@ -106,11 +106,6 @@ def _total(terms) -> Scalar:
     return total
 
 
-def _known(value) -> Scalar:
-    """A Python float when `value` is known at trace time, else the traced scalar."""
-    return float(value) if is_concrete(value) else value
-
-
 def known_entries(problem: AbstractProblem) -> tuple | None:
     """The link's non-zero tensor entries as a hashable tuple when its tensors are known
     (not traced), to be passed as a static argument; `None` otherwise."""

@@ -11,6 +11,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from ._checks import check_range, is_concrete
+from ._fast import Rodas4, gram_eigenvalues, known_entries, solve_rodas4
 from ._link import Link
 from ._overlap import principal_cosines
 from ._reduced import AbstractProblem, ProblemName, make_problem
@@ -171,14 +172,8 @@ def _eigenvalues(overlap: Float[Array, "k r"]) -> Float[Array, " p"]:
     """Eigenvalues of the `p × p` Gram matrix of `M` (the squared singular values),
     largest first; closed form for `p ≤ 2` (batched, a LAPACK call per tiny matrix
     would dominate the cost of locating escapes)."""
-    gram = overlap @ overlap.T if overlap.shape[0] <= overlap.shape[1] else overlap.T @ overlap
-    if gram.shape[0] == 1:
-        return gram[0]
-    if gram.shape[0] == 2:
-        half_trace = 0.5 * (gram[0, 0] + gram[1, 1])
-        radius = jnp.sqrt((0.5 * (gram[0, 0] - gram[1, 1])) ** 2 + gram[0, 1] ** 2)
-        return jnp.stack([half_trace + radius, half_trace - radius])
-    return jnp.linalg.eigvalsh(gram)[::-1]
+    k, r = overlap.shape
+    return jnp.stack(gram_eigenvalues(tuple(overlap.reshape(-1)), k, r))
 
 
 class CrossingSteps(eqx.Module):
@@ -415,8 +410,6 @@ def simulate_reduced(
     mimflow.escape_times(traj)  # one time per direction
     ```
     """
-    from ._fast import Rodas4, known_entries, solve_rodas4
-
     prob = make_problem(link, problem, ridge=ridge, rho=rho)
     prob.check_overlap(M0, "M0")
     check_time_grid(t1, t_min, num_saves, max_steps)
