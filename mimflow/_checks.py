@@ -4,6 +4,7 @@ Checks on values run only on concrete arrays; inside `jit`/`vmap` the values are
 tracers, and what cannot be checked there is reported through a status instead.
 """
 
+from numbers import Integral
 from typing import Any
 
 import jax
@@ -22,15 +23,29 @@ def _short(value: Any) -> str:
     return text if len(text) < 120 else text[:117] + "..."
 
 
+def as_numbers(name: str, value: Any) -> np.ndarray:
+    """A concrete `value` as a float NumPy array; a `ValueError` naming `name` if it holds
+    anything but real numbers (a string, `None`, a complex number, a ragged list)."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):
+        array = np.asarray(None)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"`{name}` must be a real number or array of them, got {value!r:.100}")
+    return array.astype(float)
+
+
 def check_finite(name: str, value: Any) -> None:
-    """Raise a `ValueError` naming `name` if a concrete `value` has a NaN or inf."""
-    if is_concrete(value) and not np.all(np.isfinite(np.asarray(value))):
+    """Raise a `ValueError` naming `name` if a concrete `value` is not numeric or has a NaN or inf."""
+    if is_concrete(value) and not np.all(np.isfinite(as_numbers(name, value))):
         raise ValueError(f"`{name}` must be finite, got {_short(value)}")
 
 
 def check_range(name: str, value: Any, *, low: float, high: float = np.inf, low_open: bool = False) -> None:
-    """Raise a `ValueError` naming `name` unless a concrete finite `value` lies in
-    `[low, high]` (`(low, high]` with `low_open`)."""
+    """Raise a `ValueError` naming `name` unless `value` is a scalar and, when concrete,
+    a finite number in `[low, high]` (`(low, high]` with `low_open`)."""
+    if np.ndim(value) != 0:
+        raise ValueError(f"`{name}` must be a scalar, got shape {np.shape(value)}")
     check_finite(name, value)
     if not is_concrete(value):
         return
@@ -46,3 +61,38 @@ def check_shape(name: str, value: Any, shape: tuple[int, ...]) -> None:
     actual = np.shape(value)
     if actual != shape:
         raise ValueError(f"`{name}` must have shape {shape}, got shape {actual}")
+
+
+def check_int(name: str, value: Any, low: int) -> int:
+    """`value` as an `int`; a `ValueError` naming `name` unless it is an integer `≥ low`
+    (a Python or NumPy integer, not a bool or a float)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
+        raise ValueError(f"`{name}` must be an integer ≥ {low}, got {value!r}")
+    return int(value)
+
+
+def check_key(name: str, key: Any) -> None:
+    """Raise a `ValueError` naming `name` unless `key` is one JAX PRNG key: a typed key
+    (`jax.random.key(seed)`) of shape `()` or a raw `uint32` key (`jax.random.PRNGKey(seed)`)."""
+    dtype = getattr(key, "dtype", None)
+    typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and np.ndim(key) == 0
+    raw = dtype == np.uint32 and np.ndim(key) == 1
+    if not (typed or raw):
+        got = f"an array of dtype {dtype} and shape {np.shape(key)}" if dtype is not None else f"{key!r:.60}"
+        raise ValueError(f"`{name}` must be one JAX PRNG key (jax.random.key(seed)), got {got}")
+
+
+def rounding_tolerance(array: np.ndarray) -> float:
+    """How far from exact a constraint on a concrete array may be: `max(1e-6, 32 eps)`."""
+    return max(1e-6, 32 * np.finfo(array.dtype if array.dtype.kind == "f" else float).eps)
+
+
+def check_orthonormal(name: str, matrix: Any) -> None:
+    """Raise a `ValueError` naming `name` unless a concrete `(m, k)` matrix has
+    orthonormal columns (`AᵀA = I` to `rounding_tolerance`)."""
+    if not is_concrete(matrix):
+        return
+    array = np.asarray(matrix)
+    gram = array.T @ array
+    if not np.allclose(gram, np.eye(array.shape[1]), rtol=0.0, atol=rounding_tolerance(array)):
+        raise ValueError(f"`{name}` must have orthonormal columns, got {name}ᵀ{name} = {_short(gram)}")

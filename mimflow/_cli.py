@@ -1,6 +1,7 @@
 """The `mimflow` command: run experiments described in YAML configs.
 
   mimflow run CONFIG [--out DIR] [--set key=value ...]   run, save, summarise, plot
+                     [--precision float64|float32]      (default: the config's, float64)
   mimflow theory CONFIG [--json]                        what the paper predicts for it
   mimflow plot DIR                                      (re)draw the figures of a run
   mimflow links                                         the catalogue of link functions
@@ -30,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field, e.g. sweep.seed=4"
     )
     run.add_argument("--smoke", action="store_true", help="apply the config's `smoke` section (a reduced size)")
+    run.add_argument(
+        "--precision",
+        choices=["float64", "float32"],
+        help="compute in this precision, replacing the config's `precision` (default float64; see README, Precision)",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument("--overwrite", action="store_true", help="replace results of a different config in DIR")
     theory = commands.add_parser("theory", help="the predicted saddle sequence and timescales of a config")
@@ -47,7 +53,8 @@ def _run(args) -> int:
     from ._report import format_summary
     from ._runner import FIGURES, RESULTS, SUMMARY, run_config
 
-    config = load_config(args.config, args.set, smoke=args.smoke, out=args.out)
+    overrides = args.set + ([f"precision={args.precision}"] if args.precision else [])
+    config = load_config(args.config, overrides, smoke=args.smoke, out=args.out)
     start = time.perf_counter()
     _, summary = run_config(config, overwrite=args.overwrite, progress=False if args.quiet else None)
     import jax
@@ -157,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import jax
 
-    # float32 cannot resolve the late, slow saddles over t ~ 10⁸ (see README, Precision).
+    # float32 cannot resolve the late, slow saddles over t ~ 10⁸ (see README, Precision); a
+    # run computes in its config's `precision` (float64 unless `precision: float32`).
     jax.config.update("jax_enable_x64", True)
     commands = {"run": _run, "theory": _theory, "plot": _plot, "links": _links}
     try:

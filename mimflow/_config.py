@@ -87,6 +87,10 @@ def load_config(
     - `smoke`: apply the config's `smoke` section (its reduced size, for tests).
     - `out`: the output directory, replacing `output.dir`.
     """
+    if not isinstance(path, str | Path):
+        raise ConfigError(f"`path` must be a file name, got {type(path).__name__}")
+    if isinstance(overrides, str):
+        raise ConfigError(f"`overrides` must be a list of key.path=value strings, got the string {overrides!r}")
     path = Path(path)
     try:
         text = path.read_text()
@@ -147,6 +151,8 @@ def _as_float(value: Any, path: str) -> float:
         number = float(value)
     except ValueError:
         raise _fail(path, "must be a number", value) from None
+    except OverflowError:  # an integer beyond float range
+        raise _fail(path, "must be finite", value) from None
     if not math.isfinite(number):
         raise _fail(path, "must be finite", value)
     return number
@@ -255,6 +261,8 @@ def _check_term(term: Any, path: str) -> dict:
         lengths = {len(a.split(",")) for a in coefficients}
         if len(lengths) != 1:
             raise _fail(f"{path}.hermite", "multi-indices must all have the same length k", list(table))
+        degree = max(sum(map(int, a.split(","))) for a in coefficients)
+        _check_link_size(lengths.pop(), degree, f"{path}.hermite")
         return {"hermite": coefficients, "scale": _as_float(term.get("scale", 1.0), f"{path}.scale")}
     if "link" not in term:
         raise ConfigError(
@@ -272,8 +280,25 @@ def _check_term(term: Any, path: str) -> dict:
             normal[parameter] = _as_float(value, f"{path}.{parameter}")
     if "index" in normal and normal["index"] >= normal["dim"]:
         raise _fail(f"{path}.index", f"must be < dim = {normal['dim']} (a coordinate of ℝ^dim)", normal["index"])
+    # staircase(k) has degree k on ℝ^k; harmonic lives on ℝ²
+    k, degree = (normal["k"], normal["k"]) if name == "staircase" else (normal.get("dim", 2), normal["degree"])
+    _check_link_size(k, degree, path)
     normal["scale"] = _as_float(term.get("scale", 1.0), f"{path}.scale")
     return normal
+
+
+_MAX_LINK_SIZE = 2**20
+
+
+def _check_link_size(k: int, degree: int, path: str) -> None:
+    """Reject a link on `ℝ^k` of degree `D` too large to build: its tensors hold `k^D`
+    entries, its multi-index tables `(D + 1)^k` rows, its embedding `k²` entries (each at
+    most `2^20`), and a tensor has at most 64 axes (NumPy's limit)."""
+    if degree > 64 or k > 2**10 or max(k**degree, (degree + 1) ** k, k * k) > _MAX_LINK_SIZE:
+        raise ConfigError(
+            f"{path}: a link on ℝ^{k} of degree {degree} is too large to build "
+            "(k^degree, (degree + 1)^k and k² must be ≤ 2^20, degree ≤ 64)"
+        )
 
 
 def _check_link_spec(spec: Any, path: str) -> tuple[dict | list[dict], Link]:
@@ -282,7 +307,10 @@ def _check_link_spec(spec: Any, path: str) -> tuple[dict | list[dict], Link]:
         checked: dict | list[dict] = [_check_term(term, f"{path}[{i}]") for i, term in enumerate(_list(spec, path))]
     else:
         checked = _check_term(spec, path)
-    return checked, build_link(checked, path)
+    link = build_link(checked, path)
+    if not math.isfinite(float(link.norm2() + link.residual)):
+        raise _fail(path, "must have a finite norm E f(z)² (smaller coefficients or scale)", link_label(checked))
+    return checked, link
 
 
 def _build_term(term: dict, path: str) -> Link:
@@ -346,6 +374,8 @@ SOLVERS: dict[str, type[diffrax.AbstractSolver] | type[Rodas4] | None] = {
     "kvaerno5": diffrax.Kvaerno5,
 }
 FITS = ("kernel-ridge", "hermite-features", "random-features")
+PRECISIONS = ("float64", "float32")
+"""`precision`: the float type of the run (`jax_enable_x64` on for float64, off for float32)."""
 KERNELS = ("mehler", "rbf", "polynomial", "arc-cosine")
 STATIC_AXES = ("problem", "n")
 """Sweep axes that change array shapes or the program: one compiled sweep per value."""
@@ -365,6 +395,7 @@ _TOP = (
     "ridge",
     "rho",
     "solver",
+    "precision",
     "time",
     "sweep",
     "output",
@@ -422,11 +453,12 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
     """Validate a config (a dict, as read from YAML) and return it with every default
     filled in. Raises a `ConfigError` naming the field path and the bad value."""
     raw = _mapping(dict(raw), "", _TOP, required=["time"])
+    target_path = "target"
     if raw.get("target") is None:
         swept = (raw.get("sweep") or {}).get("link") if isinstance(raw.get("sweep"), dict) else None
         if not swept or not isinstance(swept, list):
             raise ConfigError("target: missing (required, unless sweep.link lists the links)")
-        raw["target"] = swept[0]
+        raw["target"], target_path = swept[0], "sweep.link[0]"
     c: dict[str, Any] = {}
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
@@ -437,7 +469,7 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
         raise _fail("description", "must be a string", description)
     c["description"] = description.strip()
     c["seed"] = _number(raw.get("seed", 0), "seed", low=0, high=2**32 - 1, integer=True)
-    c["target"], link = _check_link_spec(raw["target"], "target")
+    c["target"], link = _check_link_spec(raw["target"], target_path)
     k = link.dim
     c["dynamics"] = dynamics = _choice(raw.get("dynamics", "reduced"), "dynamics", DYNAMICS)
     c["problem"] = problem = _choice(raw.get("problem", "two-timescale"), "problem", PROBLEMS)
@@ -511,6 +543,7 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
     }
     if c["solver"]["name"] == "rodas4" and c["dynamics"] != "reduced":
         raise _fail("solver.name", "rodas4 integrates the reduced dynamics only (dynamics: reduced)", "rodas4")
+    c["precision"] = _choice(raw.get("precision", "float64"), "precision", PRECISIONS)
     output = _mapping(raw.get("output") or {}, "output", ["dir", "batch_size", "escape_threshold"])
     out_dir = output.get("dir", f"results/{name}")
     if not isinstance(out_dir, str) or not out_dir:
@@ -569,7 +602,7 @@ def _check_sweep(sweep: dict, c: dict, k: int, problems: list[str]) -> dict:
     for axis, values in sweep.items():
         path = f"sweep.{axis}"
         if axis == "seed" and not isinstance(values, list):
-            count = _number(values, path, low=1, integer=True)
+            count = _number(values, path, low=1, high=_MAX_SEEDS, integer=True)
             checked[axis] = list(range(count))
             continue
         values = _list(values, path)
@@ -592,6 +625,10 @@ def _check_sweep(sweep: dict, c: dict, k: int, problems: list[str]) -> dict:
             items = each(lambda v, p: _number(v, p, low=0))
         checked[axis] = _unique(items, path)
     return checked
+
+
+_MAX_SEEDS = 2**20
+"""The largest seed count `sweep.seed: N` (the resolved config lists the seeds `0…N−1`)."""
 
 
 def _each(values: list, path: str, check: Callable[[Any, str], Any]) -> list:

@@ -17,7 +17,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_range
+from ._checks import check_int, check_key, check_range
 from ._fast import Rodas4
 from ._fits import AbstractFit, HermiteFeatures, KernelRidge, Mehler
 from ._flows import Dataset, PlantedFlow, Population, Target, TwoTimescaleFlow
@@ -60,7 +60,8 @@ class AbstractExperiment(eqx.Module):
 
     def check_axes(self, axes: Mapping[str, np.ndarray | list[Link]]) -> None:
         """Raise a `ValueError` naming the axis and value for an axis this experiment does
-        not sweep or a value outside its domain (values are already 1-D and finite)."""
+        not sweep or a value outside its domain (values are already 1-D and finite, and
+        seeds integers in `[0, 2³²)`, as `grid_points` and `sweep` check)."""
         for name in axes:
             if name not in self.axes:
                 raise ValueError(f"{type(self).__name__} has no sweep axis {name!r}; its axes are {sorted(self.axes)}")
@@ -73,7 +74,6 @@ class AbstractExperiment(eqx.Module):
             raise ValueError(f"{type(self).__name__} needs a dimension: a sweep axis 'd' or the field `d`")
         k = self.link.dim
         _reject(axes, "d", lambda d: d < k + self.r, f"has a value below k + r = {k + self.r}")
-        _reject(axes, "seed", lambda s: (s < 0) | (s >= 2**32) | (s != np.round(s)), "must hold integers in [0, 2³²)")
         _reject(axes, "ridge", lambda v: v < 0, "has a value < 0")
         _reject(axes, "noise", lambda v: v < 0, "has a value < 0")
         _reject(axes, "rho", lambda v: (v <= 0) | (v > 1), "has a value outside (0, 1]")
@@ -97,10 +97,13 @@ def _reject(axes: Mapping[str, np.ndarray | list[Link]], name: str, bad, require
             raise ValueError(f"sweep axis {name!r} {requirement}, got {flagged[0]:g}")
 
 
-def _check_common(link: Link, r: int | None, t1: float, t_min: float, num_saves: int, max_steps: int) -> int:
+def _check_common(
+    link: Link, key: PRNGKeyArray, r: int | None, t1: float, t_min: float, num_saves: int, max_steps: int
+) -> int:
     """Check the arguments every experiment takes; return `r` (default `k`)."""
     if not isinstance(link, Link):
         raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
+    check_key("key", key)
     r = link.dim if r is None else r
     if not isinstance(r, int) or r < 1:
         raise ValueError(f"`r` must be an integer ≥ 1, got {r!r}")
@@ -160,7 +163,7 @@ class ReducedExperiment(AbstractExperiment):
         t_min: float = 1e-2,
         max_steps: int = 16384,
     ):
-        r = _check_common(link, r, t1, t_min, num_saves, max_steps)
+        r = _check_common(link, key, r, t1, t_min, num_saves, max_steps)
         make_problem(link, problem, ridge=ridge, rho=rho)  # checks problem, ridge, rho
         self.solver, self.rtol, self.atol = _controls(solver, rtol, atol)
         if problem == "planted" and r != link.dim:
@@ -225,8 +228,14 @@ def padded_normal(
     key: PRNGKeyArray, d: Float[ArrayLike, ""], d_max: int, shape: tuple[int, ...]
 ) -> Float[Array, "d_max ..."]:
     """`(d_max, *shape)` standard normals whose row `i` is drawn from `fold_in(key, i)`
-    and set to zero for `i ≥ d`: the first `d` rows do not depend on `d_max`, so a
-    padded draw restricted to `d` rows equals the unpadded one."""
+    and set to zero for `i ≥ d` (`0 ≤ d ≤ d_max`, may be traced): the first `d` rows do
+    not depend on `d_max`, so a padded draw restricted to `d` rows equals the unpadded one."""
+    check_key("key", key)
+    d_max = check_int("d_max", d_max, 1)
+    if not isinstance(shape, tuple):
+        raise ValueError(f"`shape` must be a tuple of integers ≥ 0, got {shape!r}")
+    shape = tuple(check_int("shape", n, 0) for n in shape)
+    check_range("d", d, low=0.0, high=d_max)
     rows = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), shape))(jnp.arange(d_max))
     inside = (jnp.arange(d_max) < d).reshape((d_max,) + (1,) * len(shape))
     return jnp.where(inside, rows, 0.0)
@@ -294,7 +303,7 @@ class FlowExperiment(AbstractExperiment):
         t_min: float = 1e-2,
         max_steps: int = 16384,
     ):
-        r = _check_common(link, r, t1, t_min, num_saves, max_steps)
+        r = _check_common(link, key, r, t1, t_min, num_saves, max_steps)
         if not isinstance(d_max, int) or d_max < link.dim + r:
             raise ValueError(f"`d_max` must be an integer ≥ k + r = {link.dim + r}, got {d_max!r}")
         if n is not None and (not isinstance(n, int) or n < 1):

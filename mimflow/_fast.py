@@ -503,12 +503,18 @@ def solve_rodas4(
     options = dict(max_steps=max_steps, steady_state=steady_state, entries=entries)
 
     def batch_of(size, batched, *args):
-        args = [
-            jax.tree.map(lambda leaf, b: leaf if b else jnp.broadcast_to(leaf, (size, *jnp.shape(leaf))), arg, flags)
-            for arg, flags in zip(args, batched, strict=True)
-        ]
+        # A batch of one runs as a batch of two: XLA compiles a size-1 axis away, and the
+        # code it makes then rounds differently, so a lone run would not be bitwise equal
+        # to its row of a batch.
+        run = max(size, 2)
+
+        def widen(leaf, b):
+            return leaf if b and size == run else jnp.broadcast_to(leaf[0] if b else leaf, (run, *jnp.shape(leaf)[b:]))
+
+        args = [jax.tree.map(widen, arg, flags) for arg, flags in zip(args, batched, strict=True)]
         dyn, overlap, times, rt, at = args
-        return _integrate_batch(eqx.combine(dyn, static), overlap, times, rt, at, **options)
+        out = _integrate_batch(eqx.combine(dyn, static), overlap, times, rt, at, **options)
+        return jax.tree.map(lambda leaf: leaf[:size], out)
 
     @jax.custom_batching.custom_vmap
     def integrate(dyn, overlap, times, rt, at):
@@ -530,7 +536,9 @@ def solve_rodas4(
     status = jnp.where(
         ~raw["start_finite"] | (raw["reached"] & ~saved.all()),
         Status.NON_FINITE,
-        jnp.where(raw["failed"], Status.SOLVER_FAILED, jnp.where(raw["reached"], Status.SUCCESS, Status.MAX_STEPS)),
+        jnp.where(
+            raw["failed"], Status.STEP_SIZE_COLLAPSED, jnp.where(raw["reached"], Status.SUCCESS, Status.MAX_STEPS)
+        ),
     )
     dense = dict(zip(("y0", "y1", "k0", "k1"), raw["dense"].reshape(4, -1, k, r), strict=True))
     crossings = CrossingSteps(

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_range
+from ._checks import check_finite, check_key, check_range
 from ._hermite import hermite_1d, hermite_basis
 
 
@@ -200,9 +200,13 @@ class HermiteFeatureMap(AbstractFeatures):
 # --- fits ---------------------------------------------------------------------------
 
 
-def _check_data(Z: Float[Array, "n r"], y: Float[Array, " n"]) -> None:
+def _check_data(Z: Float[ArrayLike, "n r"], y: Float[ArrayLike, " n"]) -> tuple[Array, Array]:
+    check_finite("Z", Z)
+    check_finite("y", y)
+    Z, y = jnp.asarray(Z), jnp.asarray(y)
     if Z.ndim != 2 or y.ndim != 1 or Z.shape[0] != y.shape[0]:
         raise ValueError(f"need Z of shape (n, r) and y of shape (n,), got Z {Z.shape} and y {y.shape}")
+    return Z, y
 
 
 class AbstractFit(eqx.Module):
@@ -236,8 +240,7 @@ class KernelRidge(AbstractFit):
         self.ridge = jnp.asarray(ridge, dtype=float)
 
     def fit(self, Z, y):
-        Z, y = jnp.asarray(Z), jnp.asarray(y)
-        _check_data(Z, y)
+        Z, y = _check_data(Z, y)
         gram = self.kernel(Z, Z)
         coefficients = _cholesky_solve(gram, y, y.shape[0] * self.ridge)
         return KernelModel(self.kernel, Z, coefficients)
@@ -257,8 +260,7 @@ class AbstractFeatureFit(AbstractFit):
         raise NotImplementedError
 
     def fit(self, Z, y):
-        Z, y = jnp.asarray(Z), jnp.asarray(y)
-        _check_data(Z, y)
+        Z, y = _check_data(Z, y)
         features = self.features(Z.shape[1])
         design = features(Z)
         n, p = design.shape
@@ -295,6 +297,7 @@ class RandomFeatures(AbstractFeatureFit):
             raise ValueError(f"`num_features` must be an integer ≥ 1, got {num_features!r}")
         if kind not in ("relu", "fourier"):
             raise ValueError(f"`kind` must be 'relu' or 'fourier', got {kind!r}")
+        check_key("key", key)
         check_range("ridge", ridge, low=0.0)
         check_range("lengthscale", lengthscale, low=0.0, low_open=True)
         self.num_features, self.kind, self.key = num_features, kind, key

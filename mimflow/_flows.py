@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_finite, check_range, is_concrete
+from ._checks import check_finite, check_key, check_orthonormal, check_range
 from ._fits import AbstractFit, AbstractFittedLink, HermiteFeatures, KernelRidge, Mehler
 from ._hermite import apply_each
 from ._link import Link
@@ -27,11 +27,11 @@ class Dataset(eqx.Module):
     y: Float[Array, " n"]
 
     def __init__(self, X: Float[ArrayLike, "n d"], y: Float[ArrayLike, " n"]):
+        check_finite("X", X)
+        check_finite("y", y)
         X, y = jnp.asarray(X, dtype=float), jnp.asarray(y, dtype=float)
         if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
             raise ValueError(f"need X of shape (n, d) and y of shape (n,) with the same n, got {X.shape} and {y.shape}")
-        check_finite("X", X)
-        check_finite("y", y)
         self.X, self.y = X, y
 
 
@@ -47,12 +47,13 @@ class Target(eqx.Module):
     noise: Float[Array, ""]
 
     def __init__(self, link: Link, W_star: Float[ArrayLike, "d k"], noise: float = 0.0):
+        if not isinstance(link, Link):
+            raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
+        check_finite("W_star", W_star)
         W_star = jnp.asarray(W_star, dtype=float)
         if W_star.ndim != 2 or W_star.shape[1] != link.dim or W_star.shape[0] < link.dim:
             raise ValueError(f"`W_star` must have shape (d, k={link.dim}) with d ≥ k, got shape {W_star.shape}")
-        check_finite("W_star", W_star)
-        if is_concrete(W_star) and not np.allclose(W_star.T @ W_star, np.eye(link.dim), atol=1e-6):
-            raise ValueError("`W_star` must have orthonormal columns")
+        check_orthonormal("W_star", W_star)
         check_range("noise", noise, low=0.0)
         self.link, self.W_star = link, W_star
         self.noise = jnp.asarray(noise, dtype=float)
@@ -61,6 +62,7 @@ class Target(eqx.Module):
         """`n` samples `(x_i, F*(x_i))`."""
         if not isinstance(n, int) or n < 1:
             raise ValueError(f"`n` must be an integer ≥ 1, got {n!r}")
+        check_key("key", key)
         key_x, key_noise = jax.random.split(key)
         X = jax.random.normal(key_x, (n, self.W_star.shape[0]), self.W_star.dtype)
         y = self.link(X @ self.W_star) + self.noise * jax.random.normal(key_noise, (n,), X.dtype)
@@ -86,6 +88,7 @@ class Online(eqx.Module):
     def __init__(self, num_samples: int, key: PRNGKeyArray):
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"`num_samples` must be an integer ≥ 1, got {num_samples!r}")
+        check_key("key", key)
         self.num_samples, self.key = num_samples, key
 
     def at(self, target: Target, t: Float[Array, ""]) -> Dataset:
@@ -98,6 +101,8 @@ Data = Population | Dataset | Online
 
 def _check_data(target: Target, data: Data | None) -> Data:
     """`data` (default `Population()`), checked against the target's dimension `d`."""
+    if not isinstance(target, Target):
+        raise ValueError(f"`target` must be a mimflow.Target, got {type(target).__name__}")
     data = Population() if data is None else data
     if not isinstance(data, Population | Dataset | Online):
         raise ValueError(f"`data` must be Population(), a Dataset or Online(...), got {type(data).__name__}")
@@ -157,6 +162,7 @@ class AbstractFlow(eqx.Module):
         if len(shape) != 2 or shape[0] != d or not 1 <= shape[1] <= d:
             raise ValueError(f"`{name}` must have shape (d={d}, r) with 1 ≤ r ≤ d, got shape {shape}")
         check_finite(name, W)
+        check_orthonormal(name, W)
 
 
 def _population_problem(link: Link, fit: AbstractFit | None) -> TwoTimescale:

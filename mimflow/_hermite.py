@@ -17,6 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import check_finite, check_int
+
 
 def hermite_1d(degree: int, x: Float[ArrayLike, "*batch"]) -> Float[Array, "*batch degree+1"]:
     """The orthonormal Hermite polynomials `h_0(x), …, h_degree(x)`.
@@ -29,6 +31,8 @@ def hermite_1d(degree: int, x: Float[ArrayLike, "*batch"]) -> Float[Array, "*bat
 
     **Returns:** an array of shape `(*batch, D + 1)`.
     """
+    degree = check_int("degree", degree, 0)
+    check_finite("x", x)
     x = jnp.asarray(x)
     values = [jnp.ones_like(x)]
     if degree >= 1:
@@ -38,10 +42,14 @@ def hermite_1d(degree: int, x: Float[ArrayLike, "*batch"]) -> Float[Array, "*bat
     return jnp.stack(values, axis=-1)
 
 
-@functools.cache
 def multi_indices(dim: int, degree: int) -> np.ndarray:
     """All multi-indices `α ∈ ℕ^dim` with `|α| = degree`, shape `(count, dim)`,
-    in lexicographically decreasing order (`(j, 0, …)` first)."""
+    in lexicographically decreasing order (`(j, 0, …)` first); `dim ≥ 1`, `degree ≥ 0`."""
+    return _multi_indices(check_int("dim", dim, 1), check_int("degree", degree, 0))
+
+
+@functools.cache
+def _multi_indices(dim: int, degree: int) -> np.ndarray:
     rows = [alpha for alpha in itertools.product(range(degree, -1, -1), repeat=dim) if sum(alpha) == degree]
     return np.array(rows, dtype=np.int64).reshape(len(rows), dim)
 
@@ -57,8 +65,8 @@ def _tuple_map(dim: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
         [row_of[tuple(np.bincount(np.array(t, dtype=np.int64), minlength=dim))] for t in tuples],
         dtype=np.int64,
     )
-    fact = np.array([math.prod(math.factorial(a) for a in alpha) for alpha in alphas])
-    scale = np.sqrt(fact / math.factorial(degree))
+    # α!/j! divided as Python integers (exact, one rounding): α! overflows int64 from j = 21
+    scale = np.sqrt([math.prod(math.factorial(a) for a in alpha) / math.factorial(degree) for alpha in alphas])
     return rows, scale
 
 

@@ -7,10 +7,11 @@ import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
-from ._checks import check_range, is_concrete
+from ._checks import check_int, check_range, is_concrete, rounding_tolerance
 from ._fast import Rodas4, gram_eigenvalues, known_entries, solve_rodas4
 from ._link import Link
 from ._overlap import principal_cosines
@@ -25,9 +26,13 @@ class Status(enum.IntEnum):
     MAX_STEPS = 1
     """Ran out of steps: saves after the last step reached hold `nan`."""
     SOLVER_FAILED = 2
-    """The solver failed (e.g. the implicit solve or the step size broke down)."""
+    """The solver failed for another reason (e.g. an event's root find)."""
     NON_FINITE = 3
-    """The state became non-finite."""
+    """The state became non-finite (or started so)."""
+    STEP_SIZE_COLLAPSED = 4
+    """The step size fell to its floor (a controller's `dtmin`, or `RelativeFloor`'s
+    time resolution) and the step still failed: the solution blows up there or the
+    implicit stage equations have no solution. Later saves hold `nan`."""
 
 
 class Trajectory(eqx.Module):
@@ -66,21 +71,46 @@ class Trajectory(eqx.Module):
         return self.status == Status.SUCCESS
 
 
+def _check_saves(t1: float, t_min: float, num_saves: int) -> int:
+    check_range("t_min", t_min, low=0.0, low_open=True)
+    check_range("t1", t1, low=t_min, low_open=True)
+    return check_int("num_saves", num_saves, 2)
+
+
+def check_trajectory(trajectory: object) -> None:
+    """Raise a `ValueError` unless `trajectory` is a `Trajectory`."""
+    if not isinstance(trajectory, Trajectory):
+        raise ValueError(f"`trajectory` must be a mimflow.Trajectory, got {type(trajectory).__name__}")
+
+
 def check_time_grid(t1: float, t_min: float, num_saves: int, max_steps: int) -> None:
     """Raise a `ValueError` naming the value unless `0 < t_min < t1`, `num_saves ≥ 2`
     and `max_steps ≥ 1` (`t1` is checked only when concrete)."""
-    check_range("t_min", t_min, low=0.0, low_open=True)
-    if is_concrete(t1):
-        check_range("t1", t1, low=t_min, low_open=True)
-    if not isinstance(num_saves, int) or num_saves < 2:
-        raise ValueError(f"`num_saves` must be an integer ≥ 2, got {num_saves!r}")
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"`max_steps` must be an integer ≥ 1, got {max_steps!r}")
+    _check_saves(t1, t_min, num_saves)
+    check_int("max_steps", max_steps, 1)
+
+
+def check_controls(
+    solver: object, stepsize_controller: object = None, adjoint: object = None, dt0: float | None = None
+) -> None:
+    """Raise a `ValueError` naming the argument unless each is `None` or of diffrax's kind
+    (and `dt0 > 0`)."""
+    kinds = (
+        ("solver", solver, diffrax.AbstractSolver),
+        ("stepsize_controller", stepsize_controller, diffrax.AbstractStepSizeController),
+        ("adjoint", adjoint, diffrax.AbstractAdjoint),
+    )
+    for name, value, kind in kinds:
+        if value is not None and not isinstance(value, kind):
+            raise ValueError(f"`{name}` must be None or a diffrax.{kind.__name__}, got {type(value).__name__}")
+    if dt0 is not None:
+        check_range("dt0", dt0, low=0.0, low_open=True)
 
 
 def save_times(t1: float | Float[Array, ""], num_saves: int, t_min: float) -> Float[Array, " num_saves"]:
     """`[0, t_min, …, t1]`: zero, then `num_saves − 1` log-spaced times ending at `t1`
-    (just `[0, t1]` for `num_saves = 2`)."""
+    (just `[0, t1]` for `num_saves = 2`); `0 < t_min < t1`."""
+    num_saves = _check_saves(t1, t_min, num_saves)
     t1 = jnp.asarray(t1, dtype=float)
     grid = jnp.logspace(jnp.log10(t_min), jnp.log10(t1), num_saves - 1).at[-1].set(t1)
     return jnp.concatenate([jnp.zeros(1, t1.dtype), grid])
@@ -92,15 +122,20 @@ def default_tolerances(dtype: jnp.dtype) -> tuple[float, float]:
 
 def _default_solver(dtype: jnp.dtype) -> diffrax.AbstractSolver:
     """`Kvaerno5` (implicit: the converged tail is stiff) with a Newton root finder
-    (diffrax's default chord iteration rejects every step under a clipping controller)."""
+    (diffrax's default chord iteration rejects every step under a clipping controller).
+    Its `atol` is at least `16·eps`: the stage residual is known only to rounding, and
+    in float32 the step controller's `atol` (1e-8) is below it, so Newton never
+    converged and every run ended in `MAX_STEPS` at the first escape."""
     rtol, atol = default_tolerances(dtype)
+    atol = max(atol, 16 * float(jnp.finfo(dtype).eps))
     return diffrax.Kvaerno5(root_finder=optx.Newton(rtol=rtol, atol=atol))
 
 
 class RelativeFloor(diffrax.AbstractAdaptiveStepSizeController):
     """Wraps an adaptive controller so that no step is shorter than
     `factor · eps · max(|t|, 1)`: a step the inner controller rejects only for being
-    too long is accepted once it is at that floor (if the solver succeeded).
+    too long is accepted once it is at that floor (if the solver succeeded); a step
+    that failed there ends the solve with `dt_min_reached` (`Status.STEP_SIZE_COLLAPSED`).
 
     Escapes happen at `t ~ d^{s−1}` (10¹⁵ is ordinary for `s = 4`, 10⁶ already beyond
     float32) but last `O(1)`, below the time variable's resolution `eps·t`: without
@@ -139,10 +174,14 @@ class RelativeFloor(diffrax.AbstractAdaptiveStepSizeController):
             t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
         )
         solved = jnp.all(jnp.stack([jnp.all(jnp.isfinite(e)) for e in jax.tree.leaves(y_error)]))
-        forced = ~keep & solved & (t1 - t0 <= 1.5 * self._floor(t0))
+        at_floor = ~keep & (t1 - t0 <= 1.5 * self._floor(t0))
+        forced = at_floor & solved
         next_t0 = jnp.where(forced, t1, next_t0)
         next_t1 = jnp.where(forced, t1 + (t1 - t0), next_t1)
         next_t1 = jnp.maximum(next_t1, next_t0 + self._floor(next_t0))
+        # a failed step (non-finite, or no implicit solution) at the floor cannot shrink
+        # further: end with `dt_min_reached` rather than spend the step budget there
+        result = diffrax.RESULTS.where(at_floor & ~solved, diffrax.RESULTS.dt_min_reached, result)
         return keep | forced, next_t0, next_t1, made_jump, state, result
 
 
@@ -302,7 +341,11 @@ def _status(result: diffrax.RESULTS, finite: Array) -> Array:
     code = jnp.where(
         (result == diffrax.RESULTS.successful) | (result == diffrax.RESULTS.event_occurred),
         Status.SUCCESS,
-        jnp.where(result == diffrax.RESULTS.max_steps_reached, Status.MAX_STEPS, Status.SOLVER_FAILED),
+        jnp.where(
+            result == diffrax.RESULTS.max_steps_reached,
+            Status.MAX_STEPS,
+            jnp.where(result == diffrax.RESULTS.dt_min_reached, Status.STEP_SIZE_COLLAPSED, Status.SOLVER_FAILED),
+        ),
     )
     return jnp.where(finite, code, Status.NON_FINITE)
 
@@ -346,7 +389,7 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
     # after a steady-state stop, the saves past it hold the final state
     stopped = sol.result == diffrax.RESULTS.event_occurred
     ys = jnp.where(stopped & (ts > sol.ts[1][-1])[:, None, None], final[-1], ys)
-    saved = jnp.isfinite(ys).all(axis=(-1, -2))
+    saved = jnp.isfinite(ys).all(axis=(-1, -2)) & start_finite  # not the stand-in's saves
     overlap = jnp.where(saved[:, None, None], ys, jnp.nan)
     safe = jnp.where(saved[:, None, None], ys, 0.0)
     loss = jnp.where(saved, jax.vmap(problem.loss)(safe), jnp.nan)
@@ -412,7 +455,10 @@ def simulate_reduced(
     """
     prob = make_problem(link, problem, ridge=ridge, rho=rho)
     prob.check_overlap(M0, "M0")
+    if is_concrete(M0) and (largest := np.linalg.norm(M0, 2)) > 1 + rounding_tolerance(np.asarray(M0)):
+        raise ValueError(f"`M0` must be an overlap W*ᵀW0, with singular values ≤ 1, got largest {largest:.6g}")
     check_time_grid(t1, t_min, num_saves, max_steps)
+    check_controls(None if isinstance(solver, Rodas4) else solver, stepsize_controller, adjoint)
     M0 = jnp.asarray(M0, dtype=float)
     ts = save_times(t1, num_saves, t_min)
     if isinstance(solver, Rodas4):
@@ -481,7 +527,9 @@ def _crossing_between_saves(trajectory: Trajectory, index: Int[Array, ""], thres
 def escape_times(trajectory: Trajectory, threshold: float = 0.5) -> Float[Array, " p"]:
     """Per direction `i` (singular values of `M` sorted largest first), the first time
     the `i`-th singular value of `M(t)` passes `threshold` (½: the direction counts as
-    learned); `inf` where it never does within the trajectory.
+    learned); `inf` where it never does within a successful trajectory, and `nan`
+    where it had not yet when the trajectory failed (`status` not `SUCCESS`: whether
+    it would have is unknown).
 
     For reduced trajectories the crossing is located to solver accuracy, not at the
     nearest save. At `threshold = ESCAPE_THRESHOLD` (½) the solve itself recorded the
@@ -497,6 +545,8 @@ def escape_times(trajectory: Trajectory, threshold: float = 0.5) -> Float[Array,
 
     **Returns:** `(p,)` times, or `(*batch, p)`.
     """
+    check_trajectory(trajectory)
+    check_range("threshold", threshold, low=0.0, high=1.0, low_open=True)
     batch = trajectory.ts.ndim - 1
     if trajectory.crossings is not None and trajectory.crossings.threshold == threshold:
         crossing = lambda traj, i, _: _locate(traj.crossings, i)
@@ -507,4 +557,5 @@ def escape_times(trajectory: Trajectory, threshold: float = 0.5) -> Float[Array,
     single = lambda traj: jax.vmap(lambda i: crossing(traj, i, threshold))(jnp.arange(traj.singular_values.shape[-1]))
     for _ in range(batch):
         single = eqx.filter_vmap(single)
-    return single(trajectory)
+    times = single(trajectory)
+    return jnp.where(jnp.isinf(times) & ~trajectory.succeeded[..., None], jnp.nan, times)

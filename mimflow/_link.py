@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_finite, check_range, check_shape, is_concrete
+from ._checks import check_finite, check_orthonormal, check_range, check_shape
 from ._hermite import (
     apply_each,
     coefficients_to_tensor,
@@ -79,6 +79,7 @@ class Link(eqx.Module):
             check_shape(f"tensors[{degree}]", tensor, (dim,) * int(degree))
             check_finite(f"tensors[{degree}]", tensor)
             checked[int(degree)] = symmetrize(jnp.asarray(tensor, dtype=float), dim)
+        check_range("residual", residual, low=0.0)
         return cls(checked, dim, residual)
 
     @classmethod
@@ -140,8 +141,11 @@ class Link(eqx.Module):
             num_nodes = max(degree + 1, min(300, int(round(2 ** (20 / dim)))))
         if not isinstance(num_nodes, Integral) or not degree + 1 <= num_nodes <= 300:
             raise ValueError(f"`num_nodes` must be an integer in [degree + 1 = {degree + 1}, 300], got {num_nodes!r}")
-        points, weights = gauss_hermite_grid(dim, num_nodes)
-        values, tensors, mean_square = _project(fn, dim, degree, jnp.asarray(points), jnp.asarray(weights))
+        points, weights = (jnp.asarray(a) for a in gauss_hermite_grid(dim, num_nodes))
+        shape = getattr(jax.eval_shape(fn, points[0]), "shape", None)
+        if shape is None or np.prod(shape) != 1:
+            raise ValueError(f"`fn` must map a point of shape ({dim},) to a scalar, got output shape {shape}")
+        values, tensors, mean_square = _project(fn, dim, degree, points, weights)
         check_finite("fn(z) on the quadrature grid", values)
         link = cls(tensors, dim)
         return cls(tensors, dim, jnp.maximum(mean_square - link.norm2(), 0.0))
@@ -163,6 +167,7 @@ class Link(eqx.Module):
 
     def __call__(self, z: Float[ArrayLike, "*batch k"]) -> Float[Array, "*batch"]:
         """Evaluate `f(z)` for `z` of shape `(*batch, k)`."""
+        check_finite("z", z)
         z = jnp.asarray(z)
         if z.ndim == 0 or z.shape[-1] != self.dim:
             raise ValueError(f"`z` must have shape (..., {self.dim}), got shape {z.shape}")
@@ -185,13 +190,11 @@ class Link(eqx.Module):
         """The link `z ↦ f(Aᵀ z)` on `ℝ^m`, for `A` of shape `(m, k)` with orthonormal
         columns (a rotation when `m = k`, an embedding when `m > k`); its tensors are
         `A^{⊗j} T_j`."""
+        check_finite("matrix", matrix)
         matrix = jnp.asarray(matrix, dtype=float)
         if matrix.ndim != 2 or matrix.shape[1] != self.dim or matrix.shape[0] < self.dim:
             raise ValueError(f"`matrix` must have shape (m, {self.dim}) with m ≥ {self.dim}, got shape {matrix.shape}")
-        check_finite("matrix", matrix)
-        gram = np.asarray(matrix.T @ matrix) if is_concrete(matrix) else np.eye(self.dim)
-        if not np.allclose(gram, np.eye(self.dim), atol=1e-6):
-            raise ValueError(f"`matrix` must have orthonormal columns, got Aᵀ A = {gram}")
+        check_orthonormal("matrix", matrix)
         tensors = {j: apply_each(matrix, t) for j, t in self.tensors.items()}
         return Link(tensors, matrix.shape[0], self.residual)
 
@@ -210,7 +213,7 @@ class Link(eqx.Module):
             return NotImplemented
         check_range("scale", scale, low=-np.inf)
         tensors = {j: scale * t for j, t in self.tensors.items()}
-        return Link(tensors, self.dim, scale**2 * self.residual)
+        return Link(tensors, self.dim, scale * (scale * self.residual))  # a float's `**` raises on overflow
 
     __rmul__ = __mul__
 

@@ -8,7 +8,15 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._flows import AbstractFlow, Dataset
-from ._integrate import Trajectory, _ForwardingSolver, _status, check_time_grid, default_controller, save_times
+from ._integrate import (
+    Trajectory,
+    _ForwardingSolver,
+    _status,
+    check_controls,
+    check_time_grid,
+    default_controller,
+    save_times,
+)
 from ._overlap import principal_cosines
 from ._stiefel import retract
 
@@ -29,6 +37,7 @@ class RetractedSolver(_ForwardingSolver):
     method: Literal["qr", "polar"] = eqx.field(static=True, default="qr")
 
     def __check_init__(self):
+        check_controls(self.solver)
         if self.method not in ("qr", "polar"):
             raise ValueError(f"`method` must be 'qr' or 'polar' for RetractedSolver, got {self.method!r}")
 
@@ -129,8 +138,14 @@ def simulate(
     The explicit default solver is stability-limited once converged (DESIGN §5a);
     use `simulate_reduced` for long population horizons.
     """
+    if not isinstance(flow, AbstractFlow):
+        raise ValueError(f"`flow` must be a mimflow flow (TwoTimescaleFlow, PlantedFlow), got {type(flow).__name__}")
     flow.check_point(W0)
     check_time_grid(t1, t_min, num_saves, max_steps)
+    check_controls(solver, stepsize_controller, dt0=dt0)
+    if test is not None and (not isinstance(test, Dataset) or test.X.shape[1] != flow.target.W_star.shape[0]):
+        got = f"X of shape {test.X.shape}" if isinstance(test, Dataset) else type(test).__name__
+        raise ValueError(f"`test` must be None or a Dataset with d={flow.target.W_star.shape[0]} columns, got {got}")
     W0 = jnp.asarray(W0, dtype=float)
     ts = save_times(t1, num_saves, t_min)
     solver = diffrax.Tsit5() if solver is None else solver

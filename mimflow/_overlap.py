@@ -1,18 +1,11 @@
 """The exact law of the initial overlap `M0 = W*ᵀ W0` for Haar `W0` (DESIGN §2)."""
 
-from numbers import Integral
-
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_range, is_concrete
-
-
-def _check_size(name: str, value: object) -> int:
-    if not isinstance(value, Integral) or value < 1:
-        raise ValueError(f"`{name}` must be an integer ≥ 1, got {value!r}")
-    return int(value)
+from ._checks import check_finite, check_int, check_key, check_range
 
 
 def sample_overlap(key: PRNGKeyArray, d: float | Float[ArrayLike, ""], k: int, r: int) -> Float[Array, "k r"]:
@@ -21,7 +14,9 @@ def sample_overlap(key: PRNGKeyArray, d: float | Float[ArrayLike, ""], k: int, r
     Exact in law and `O(r³)` whatever `d`: with `Z_top ~ N(0, 1)^{k×r}` and
     `S ~ Wishart_r(d − k, I)` drawn by the Bartlett decomposition,
     `M0 = Z_top (Z_topᵀ Z_top + S)^{−1/2}`. `d` may be a traced scalar, so it can be
-    vmapped (it need not be an integer there). Entries of `M0` are ≈ `N(0, 1/d)`.
+    vmapped (it need not be an integer there; a traced `d < k + r` gives a `nan`
+    overlap, which `simulate_reduced` reports as `Status.NON_FINITE`). Entries of
+    `M0` are ≈ `N(0, 1/d)`.
 
     **Arguments:**
     - `key`: a JAX PRNG key.
@@ -32,9 +27,9 @@ def sample_overlap(key: PRNGKeyArray, d: float | Float[ArrayLike, ""], k: int, r
 
     **Example:** `jax.vmap(lambda d: sample_overlap(key, d, 2, 2))(jnp.array([1e2, 1e4]))`.
     """
-    k, r = _check_size("k", k), _check_size("r", r)
-    if is_concrete(d):
-        check_range("d", d, low=k + r)
+    check_key("key", key)
+    k, r = check_int("k", k, 1), check_int("r", r, 1)
+    check_range("d", d, low=k + r)  # a scalar: vmap over dimensions
     key_top, key_chi, key_lower = jax.random.split(key, 3)
     d = jnp.asarray(d, dtype=float)
     top = jax.random.normal(key_top, (k, r), dtype=d.dtype)
@@ -43,10 +38,13 @@ def sample_overlap(key: PRNGKeyArray, d: float | Float[ArrayLike, ""], k: int, r
     lower = jnp.tril(jax.random.normal(key_lower, (r, r), dtype=d.dtype), -1) + jnp.diag(diag)
     gram = top.T @ top + lower @ lower.T
     eigenvalues, vectors = jnp.linalg.eigh(gram)
-    return top @ (vectors * eigenvalues**-0.5) @ vectors.T
+    return jnp.where(d >= k + r, top @ (vectors * eigenvalues**-0.5) @ vectors.T, jnp.nan)
 
 
 def principal_cosines(overlap: Float[Array, "*batch k r"]) -> Float[Array, "*batch p"]:
     """Singular values of `M`, largest first (`p = min(k, r)`): the cosines of the
     principal angles between span(W*) and span(W)."""
+    if np.ndim(overlap) < 2:
+        raise ValueError(f"`overlap` must have shape (..., k, r), got shape {np.shape(overlap)}")
+    check_finite("overlap", overlap)
     return jnp.linalg.svd(overlap, compute_uv=False)

@@ -18,7 +18,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 
 from . import theory
-from ._report import _axis_first, _groups, _nanmedian, group_predictions
+from ._report import _axis_first, _groups, _nanmedian, check_results, group_predictions
 
 __all__ = ["figures"]
 
@@ -50,6 +50,9 @@ def figures(results: xr.Dataset, summary: dict) -> dict[str, Figure]:
     figures(results, mimflow.summarize(results))["loss"].savefig("loss.pdf")
     ```
     """
+    check_results(results)
+    if not isinstance(summary, dict) or "groups" not in summary:
+        raise ValueError(f"`summary` must be the summary of the results (summarize), got {type(summary).__name__}")
     groups = _groups(results)
     entries = summary["groups"]
     dims = np.asarray(summary["dims"], dtype=float)

@@ -43,6 +43,12 @@ class AbstractProblem(eqx.Module):
 
     link: eqx.AbstractVar[Link]
 
+    def __check_init__(self):
+        if not isinstance(self.link, Link):
+            raise ValueError(f"`link` must be a mimflow.Link, got {type(self.link).__name__}")
+        if any(np.ndim(t) != j for j, t in self.link.tensors.items()):
+            raise ValueError("`link` must be a single link, not a stacked batch (vmap over mimflow.links.stack)")
+
     def loss(self, overlap: Float[Array, "k r"]) -> Float[Array, ""]:
         """The population loss as a function of `M`."""
         raise NotImplementedError

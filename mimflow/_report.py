@@ -104,6 +104,15 @@ def _axis_first(array: xr.DataArray, dims: tuple[str, ...]) -> np.ndarray:
     return array.transpose(*dims, ...).values
 
 
+def check_results(results: object) -> None:
+    """Raise a `ValueError` unless `results` is the dataset of a run (it carries its config)."""
+    if not isinstance(results, xr.Dataset) or "config" not in results.attrs:
+        raise ValueError(
+            f"`results` must be the dataset of a run (run_config, load_results), got {type(results).__name__}"
+            + (" without a config" if isinstance(results, xr.Dataset) else "")
+        )
+
+
 def summarize(results: xr.Dataset) -> dict:
     """The summary of a run's results (as in `summary.json`): per group of swept values,
     the prediction, the median final loss per `d` and the fraction of seeds that reach
@@ -112,6 +121,7 @@ def summarize(results: xr.Dataset) -> dict:
     that escaped it, the predicted time, their ratio, and (with two `d` or more) the
     fitted log–log slope with its bootstrap interval and the verdict.
     Non-finite numbers (a saddle never left, a failed run) are `null`."""
+    check_results(results)
     config = yaml.safe_load(results.attrs["config"])
     dims = np.atleast_1d(results["d"].values if "d" in results.dims else np.asarray([config["d"]], dtype=float))
     statuses = results.status.values.ravel()
@@ -123,6 +133,7 @@ def summarize(results: xr.Dataset) -> dict:
         "target": results.attrs["target"],
         "k": int(results.attrs["k"]),
         "r": int(results.attrs["r"]),
+        "precision": str(results.attrs.get("precision", "float64")),  # runs before the key were float64
         "axes": {dim: results[dim].values for dim in results.escape_time.dims if dim != "direction"},
         "runs": int(statuses.size),
         "status": {s.name: int(np.sum(statuses == s.value)) for s in Status},
@@ -198,7 +209,8 @@ def format_summary(summary: dict) -> str:
     lines = [
         f"{summary['name']}: {summary['dynamics']} dynamics, {summary['problem']} problem, target "
         f"{summary['target']}; {runs} run{'s' if runs != 1 else ''}"
-        + (f" ({', '.join(f'{n} {name}' for name, n in failed.items())})" if failed else ", all finished"),
+        + (f" ({', '.join(f'{n} {name}' for name, n in failed.items())})" if failed else ", all finished")
+        + (f"; {summary['precision']}" if summary.get("precision", "float64") != "float64" else ""),
     ]
     for group in summary["groups"]:
         lines += ["", f"== {group['label']}", group["text"]]

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+import jax
 import numpy as np
 import xarray as xr
 import yaml
@@ -72,6 +73,8 @@ def _load_chunk(path: Path) -> dict[str, np.ndarray]:
 
 def load_results(directory: str | Path) -> xr.Dataset:
     """The dataset of a finished run (`DIR/results.nc`), loaded into memory."""
+    if not isinstance(directory, str | Path):
+        raise ConfigError(f"`directory` must be a directory name, got {type(directory).__name__}")
     path = Path(directory) / RESULTS
     if not path.exists():
         raise ConfigError(f"{directory}: no {RESULTS} (run `mimflow run CONFIG --out {directory}` first)")
@@ -147,6 +150,7 @@ def _combine(config: dict, jobs: list, datasets: list[xr.Dataset]) -> xr.Dataset
         "k": int(combined.sizes["k"]),
         "r": int(config["r"]),
         "escape_threshold": config["output"]["escape_threshold"],
+        "precision": config["precision"],
         "status_codes": datasets[0].attrs["status_codes"],
         "config": dump_config(_identity(config)),
     }
@@ -215,6 +219,14 @@ def _compute(config: dict, out: Path, progress: bool | None, stream: TextIO) -> 
     return load_results(out)
 
 
+def _stored_config(path: Path) -> dict:
+    """A config written by an earlier run; those written before `precision` existed ran in float64."""
+    stored = yaml.safe_load(path.read_text())
+    if isinstance(stored, dict):
+        stored.setdefault("precision", "float64")
+    return stored
+
+
 def run_config(
     config: dict, *, overwrite: bool = False, progress: bool | None = None, stream: TextIO | None = None
 ) -> tuple[xr.Dataset, dict]:
@@ -225,7 +237,12 @@ def run_config(
     (after Ctrl-C or a kill) loads them and runs only the rest, with the same chunk
     size, so its results equal an uninterrupted run's. A directory holding a
     different config is an error unless `overwrite`. A finished run is not recomputed.
+
+    The run computes in the config's `precision` (`jax.enable_x64` on for float64, off
+    for float32, whatever the process's setting), recorded in the results' attributes.
     """
+    if not isinstance(config, dict) or not {"name", "target", "time", "solver", "output", "sweep"} <= config.keys():
+        raise ConfigError(f"`config` must be a resolved config (load_config(path)), got {config!r:.80}")
     stream = sys.stderr if stream is None else stream
     out = Path(config["output"]["dir"])
     text = dump_config(config)
@@ -234,7 +251,7 @@ def run_config(
         raise ConfigError(f"output.dir: {out} exists and is not a directory")
     if overwrite:
         _clear(out)
-    elif stored.exists() and (where := _difference(_identity(yaml.safe_load(stored.read_text())), _identity(config))):
+    elif stored.exists() and (where := _difference(_identity(_stored_config(stored)), _identity(config))):
         raise ConfigError(
             f"output.dir: {out} holds a run of a different config (it differs at {where}); "
             f"pass --overwrite to replace it, or choose another --out"
@@ -244,7 +261,8 @@ def run_config(
         print(f"{out / RESULTS} is complete; summarising it again", file=stream, flush=True)
         results = load_results(out)
     else:
-        results = _compute(config, out, progress, stream)
+        with jax.enable_x64(config["precision"] == "float64"):
+            results = _compute(config, out, progress, stream)
     summary = summarize(results)
     _write_text(out / SUMMARY, json.dumps(summary, indent=1, allow_nan=False) + "\n")
     save_figures(results, summary, out / FIGURES)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_finite
+from ._checks import check_finite, check_key, check_orthonormal
 
 Metric = Literal["grassmann", "stiefel"]
 Retraction = Literal["qr", "polar", "cayley"]
@@ -22,6 +22,7 @@ def _check_dims(d: int, r: int) -> None:
 def haar_stiefel(key: PRNGKeyArray, d: int, r: int) -> Float[Array, "d r"]:
     """A Haar-distributed `W ∈ St(d, r)`: the Q factor of a Gaussian `d × r` matrix,
     with the signs fixed so that `R` has a positive diagonal."""
+    check_key("key", key)
     _check_dims(d, r)
     return _qr_positive(jax.random.normal(key, (d, r)))
 
@@ -32,6 +33,16 @@ def _qr_positive(matrix: Float[Array, "d r"]) -> Float[Array, "d r"]:
     return q * jnp.where(signs == 0, 1.0, signs)
 
 
+def _check_step(W: ArrayLike, step: ArrayLike, name: str) -> tuple[Array, Array]:
+    """`W` and a direction `name` at it as arrays: `(d, r)`, the same shape, finite."""
+    check_finite("W", W)
+    check_finite(name, step)
+    W, step = jnp.asarray(W), jnp.asarray(step)
+    if W.ndim != 2 or step.shape != W.shape:
+        raise ValueError(f"`W` must be a (d, r) matrix and `{name}` of its shape, got {W.shape} and {step.shape}")
+    return W, step
+
+
 def project_tangent(W: Float[Array, "d r"], direction: Float[Array, "d r"], metric: Metric) -> Float[Array, "d r"]:
     """Project an ambient `d × r` direction onto the tangent space at `W`.
 
@@ -39,6 +50,7 @@ def project_tangent(W: Float[Array, "d r"], direction: Float[Array, "d r"], metr
     horizontal space, `(I − W Wᵀ) V`. `"stiefel"` (planted), embedded metric:
     `V − W sym(Wᵀ V)`.
     """
+    W, direction = _check_step(W, direction, "direction")
     inner = W.T @ direction
     if metric == "grassmann":
         return direction - W @ inner
@@ -57,6 +69,7 @@ def retract(W: Float[Array, "d r"], step: Float[Array, "d r"], method: Retractio
       (skew, `A W = V` for Stiefel tangents; Wen & Yin), computed in `O(d r²)` with
       the Woodbury identity (`A = U Zᵀ`, `U = [PV, W]`, `Z = [W, −PV]`).
     """
+    W, step = _check_step(W, step, "step")
     if method == "qr":
         return _qr_positive(W + step)
     if method == "polar":
@@ -79,6 +92,13 @@ def principal_angles(W: Float[Array, "d r"], U: Float[Array, "d s"]) -> Float[Ar
     with orthonormal columns; `p = min(r, s)`. Computed as `atan2(sin, cos)` from the
     singular values of `WᵀU` (cosines) and of `(I − WWᵀ)U` (sines), so that small
     angles keep their relative accuracy (`arccos` alone loses them below ~1e-8)."""
+    check_finite("W", W)
+    check_finite("U", U)
+    W, U = jnp.asarray(W), jnp.asarray(U)
+    if W.ndim != 2 or U.ndim != 2 or W.shape[0] != U.shape[0]:
+        raise ValueError(f"`W` and `U` must be (d, r) and (d, s) matrices, got shapes {W.shape} and {U.shape}")
+    check_orthonormal("W", W)
+    check_orthonormal("U", U)
     if U.shape[1] > W.shape[1]:
         W, U = U, W
     cosines = jnp.linalg.svd(W.T @ U, compute_uv=False)  # descending
@@ -104,6 +124,7 @@ class Stiefel(eqx.Module):
             raise ValueError(f"`W` must be a (d, r) matrix, got shape {W.shape}")
         _check_dims(W.shape[0], W.shape[1])
         check_finite("W", W)
+        check_orthonormal("W", W)
         self.W = W
 
     @classmethod

@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ._integrate import Trajectory
+from ._checks import check_finite, check_int, check_range
+from ._integrate import Trajectory, check_trajectory
 
 
 def _trapezoid_log(values: Float[Array, " n"], ts: Float[Array, " n"]) -> Float[Array, ""]:
@@ -18,6 +19,7 @@ def loss_area(trajectory: Trajectory) -> Float[Array, ""]:
     """The area under the loss curve on log-time axes, `∫_{t_min}^{t1} L(t) d(log t)`
     (trapezoid rule on the saves): small when the loss falls early. `nan` if a save is
     missing (a failed run)."""
+    check_trajectory(trajectory)
     return _trapezoid_log(trajectory.loss, trajectory.ts)
 
 
@@ -30,6 +32,12 @@ def smooth_escape_time(
     As `width → 0` (and with dense saves) it tends to the time the singular value first
     passes `threshold` (`escape_times`), provided it stays above; `t1` if it never
     escapes."""
+    check_trajectory(trajectory)
+    p = trajectory.singular_values.shape[-1]
+    if check_int("index", index, 0) >= p:
+        raise ValueError(f"`index` must be a direction in [0, {p}), got {index}")
+    check_finite("threshold", threshold)
+    check_range("width", width, low=0.0, low_open=True)
     ts = trajectory.ts
     below = jax.nn.sigmoid((threshold - trajectory.singular_values[:, index]) / width)
     return ts[1] * jnp.exp(_trapezoid_log(below, ts))

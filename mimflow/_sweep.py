@@ -30,12 +30,16 @@ def _check_link_axis(values: object) -> list[Link]:
     for i, link in enumerate(links):
         if not isinstance(link, Link):
             raise ValueError(f"sweep axis 'link' must hold mimflow.Link objects, got {type(link).__name__} at {i}")
+    dims = sorted({link.dim for link in links})
+    if len(dims) != 1:
+        raise ValueError(f"sweep axis 'link' must hold links of one dimension k, got dimensions {dims}")
     degrees = sorted({j for link in links for j in link.tensors})
     return [link.with_degrees(degrees) for link in links]
 
 
 def _check_axes(axes: Axes) -> dict[str, np.ndarray | list[Link]]:
-    """Each axis a non-empty 1-D list of finite values (or of `Link`s for `"link"`)."""
+    """Each axis a non-empty 1-D list of finite values (or of `Link`s for `"link"`; seeds
+    integers in `[0, 2³²)`)."""
     if not isinstance(axes, Mapping) or not axes:
         raise ValueError(f"`axes` must be a non-empty dict of axis name → values, got {axes!r}")
     checked: dict[str, np.ndarray | list[Link]] = {}
@@ -53,6 +57,9 @@ def _check_axes(axes: Axes) -> dict[str, np.ndarray | list[Link]]:
             raise ValueError(f"sweep axis {name!r} is empty")
         if not np.all(np.isfinite(array)):
             raise ValueError(f"sweep axis {name!r} has non-finite value {array[~np.isfinite(array)][0]}")
+        bad = (array < 0) | (array >= 2**32) | (array != np.round(array))
+        if name == "seed" and bad.any():
+            raise ValueError(f"sweep axis 'seed' must hold integers in [0, 2³²), got {array[bad][0]:g}")
         checked[name] = array
     return checked
 
@@ -136,7 +143,9 @@ def _chunk_size(
 ) -> int:
     """Points per compiled call: `batch_size`, or as many as fit in a quarter of the free
     memory of a device by the experiment's estimate (at most `max_batch_size`); a
-    multiple of the device count."""
+    multiple of the device count, with at least two points per device: XLA compiles a
+    batch axis of size one away, and the program it makes then rounds differently, so
+    a point would not be bitwise the same alone as in a batch."""
     if batch_size is None:
         p = min(experiment.link.dim, experiment.r)
         output_bytes = 8 * experiment.num_saves * (3 + p + experiment.link.dim * experiment.r)
@@ -145,7 +154,7 @@ def _chunk_size(
         batch_size = max(1, min(cap, per_device * num_devices))
     elif not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be None or an integer ≥ 1, got {batch_size!r}")
-    return -(-min(batch_size, total) // num_devices) * num_devices
+    return max(2, -(-min(batch_size, total) // num_devices)) * num_devices
 
 
 def _gather(outputs: dict[str, Array]) -> dict[str, np.ndarray]:

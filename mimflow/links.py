@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import check_finite, check_int
 from ._link import Link
 
 __all__ = ["embed", "harmonic", "hermite", "relu", "sign", "stack", "staircase", "tanh"]
@@ -24,30 +25,34 @@ __all__ = ["embed", "harmonic", "hermite", "relu", "sign", "stack", "staircase",
 _PHI0 = 1.0 / math.sqrt(2.0 * math.pi)  # standard normal density at 0
 
 
-def _check_degree(name: str, value: object, low: int) -> int:
-    if not isinstance(value, Integral) or value < low:
-        raise ValueError(f"`{name}` must be an integer ≥ {low}, got {value!r}")
-    return int(value)
-
-
 def embed(link: Link, dim: int, axes: tuple[int, ...] | int) -> Link:
     """The link `z ↦ f(z[axes])` on `ℝ^dim`: `link` placed on the coordinates `axes`."""
-    axes = (axes,) if isinstance(axes, Integral) else tuple(axes)
-    dim = _check_degree("dim", dim, 1)
-    if len(axes) != link.dim or len(set(axes)) != len(axes) or not all(0 <= a < dim for a in axes):
+    if not isinstance(link, Link):
+        raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
+    axes = (axes,) if np.ndim(axes) == 0 else tuple(axes)
+    dim = check_int("dim", dim, 1)
+    valid = all(isinstance(a, Integral) and not isinstance(a, bool) and 0 <= a < dim for a in axes)
+    if len(axes) != link.dim or len(set(axes)) != len(axes) or not valid:
         raise ValueError(f"`axes` must be {link.dim} distinct indices in [0, {dim}), got {axes}")
     return link.transform(np.eye(dim)[:, list(axes)])
 
 
+def _place(link: Link, dim: int, index: int) -> Link:
+    """A link on `ℝ¹` placed on coordinate `index` of `ℝ^dim`."""
+    dim = check_int("dim", dim, 1)
+    if isinstance(index, bool) or not isinstance(index, Integral) or not 0 <= index < dim:
+        raise ValueError(f"`index` must be an integer in [0, dim) = [0, {dim}), got {index!r}")
+    return link if dim == 1 else embed(link, dim, index)
+
+
 def _single_index(coefficients: dict[int, float], dim: int, index: int) -> Link:
-    link = Link.from_tensors({j: jnp.full((1,) * j, c) for j, c in coefficients.items()}, dim=1)
-    return link if dim == 1 and index == 0 else embed(link, dim, index)
+    return _place(Link.from_tensors({j: jnp.full((1,) * j, c) for j, c in coefficients.items()}, dim=1), dim, index)
 
 
 def hermite(degree: int, dim: int = 1, index: int = 0) -> Link:
     """`h_j(z_index)`, the orthonormal Hermite polynomial of degree `j` (information
     exponent `j`), as a link on `ℝ^dim`."""
-    return _single_index({_check_degree("degree", degree, 0): 1.0}, dim, index)
+    return _single_index({check_int("degree", degree, 0): 1.0}, dim, index)
 
 
 def _he_at_zero(n: int) -> float:
@@ -61,7 +66,7 @@ def relu(degree: int = 8, dim: int = 1, index: int = 0) -> Link:
     """`max(z, 0)` truncated to degrees `≤ degree`, from the closed form
     `⟨relu, h_n⟩ = φ(0) (He_n(0) + n He_{n−2}(0)) / √(n!)` (`n ≥ 2`), `⟨relu, h_0⟩ = φ(0)`,
     `⟨relu, h_1⟩ = ½`; `residual` is exact (`E relu² = ½`)."""
-    degree = _check_degree("degree", degree, 0)
+    degree = check_int("degree", degree, 0)
     coeffs = {0: _PHI0}
     if degree >= 1:
         coeffs[1] = 0.5
@@ -74,7 +79,7 @@ def relu(degree: int = 8, dim: int = 1, index: int = 0) -> Link:
 def sign(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
     """`sign(z)` truncated to degrees `≤ degree`, from the closed form
     `⟨sign, h_n⟩ = 2 φ(0) He_{n−1}(0) / √(n!)` (odd `n`); `residual` is exact."""
-    degree = _check_degree("degree", degree, 1)
+    degree = check_int("degree", degree, 1)
     coeffs = {n: 2.0 * _PHI0 * _he_at_zero(n - 1) / math.sqrt(math.factorial(n)) for n in range(1, degree + 1, 2)}
     link = _single_index(coeffs, dim, index)
     return Link(link.tensors, link.dim, 1.0 - sum(c**2 for c in coeffs.values()))
@@ -82,8 +87,8 @@ def sign(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
 
 def tanh(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
     """`tanh(z)` projected by Gauss–Hermite quadrature onto degrees `≤ degree`."""
-    link = Link.from_function(lambda z: jnp.tanh(z[0]), dim=1, degree=_check_degree("degree", degree, 0))
-    return link if dim == 1 and index == 0 else embed(link, dim, index)
+    link = Link.from_function(lambda z: jnp.tanh(z[0]), dim=1, degree=check_int("degree", degree, 0))
+    return _place(link, dim, index)
 
 
 def staircase(k: int) -> Link:
@@ -92,7 +97,7 @@ def staircase(k: int) -> Link:
     Every step has relative information exponent 1 given the directions learned
     before it.
     """
-    k = _check_degree("k", k, 1)
+    k = check_int("k", k, 1)
     return Link.from_hermite({(1,) * i + (0,) * (k - i): 1.0 for i in range(1, k + 1)})
 
 
@@ -103,7 +108,8 @@ def harmonic(degree: int, phase: float = 0.0) -> Link:
     pure degree `degree`; it is invariant under rotations of the plane by `2π/degree`.
     Sums of harmonics of degrees 3 and 4 give the planted problem's spurious minima.
     """
-    degree = _check_degree("degree", degree, 1)
+    degree = check_int("degree", degree, 1)
+    check_finite("phase", phase)
     vector = np.array([1.0, 1.0j])
     tensor = np.array(np.exp(-1j * phase))
     for _ in range(degree):
@@ -121,6 +127,9 @@ def stack(links: Sequence[Link]) -> Link:
     """
     if not links:
         raise ValueError("`links` must hold at least one Link, got an empty sequence")
+    for i, link in enumerate(links):
+        if not isinstance(link, Link):
+            raise ValueError(f"`links` must hold mimflow.Link objects, got {type(link).__name__} at {i}")
     dims = {link.dim for link in links}
     if len(dims) != 1:
         raise ValueError(f"`links` must share one dimension k, got dimensions {sorted(dims)}")

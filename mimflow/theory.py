@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
+from ._checks import as_numbers, check_finite, check_int, check_range
 from ._link import Link
 from ._reduced import AbstractProblem, Planted, TwoTimescale, _b_matrix, make_problem
 
@@ -251,8 +252,6 @@ def predict(
     if not (isinstance(tol, float | int) and 0 < tol < 1):
         raise ValueError(f"`tol` must lie in (0, 1), got {tol!r}")
     tensors = {j: np.asarray(t, dtype=np.float64) for j, t in prob.link.tensors.items()}
-    if any(t.ndim != j for j, t in tensors.items()):
-        raise ValueError("`link` must be a single link, not a stacked batch (see mimflow.links.stack)")
     if not all(np.all(np.isfinite(t)) for t in tensors.values()):
         raise ValueError("`link` has non-finite Hermite tensors")
     if name == "two-timescale":
@@ -393,8 +392,7 @@ def fit_scaling(
 
     **Returns:** a `ScalingFit`.
     """
-    dims = np.asarray(dims, dtype=float)
-    times = np.asarray(times, dtype=float)
+    dims, times = as_numbers("dims", dims), as_numbers("times", times)
     if dims.ndim != 1 or dims.size < 2 or len(np.unique(dims)) != dims.size:
         raise ValueError(f"`dims` must hold at least two distinct dimensions, got {dims}")
     if not np.all(np.isfinite(dims)) or np.any(dims <= 1):
@@ -405,8 +403,10 @@ def fit_scaling(
         raise ValueError(f"`times` must be ≥ 0, got min {np.nanmin(times)}")
     if not isinstance(num_bootstrap, int) or num_bootstrap < 1:
         raise ValueError(f"`num_bootstrap` must be an integer ≥ 1, got {num_bootstrap!r}")
+    check_finite("level", level)
     if not 0 < level < 1:
         raise ValueError(f"`level` must lie in (0, 1), got {level}")
+    check_int("seed", seed, 0)
     log_d = np.log(dims)
     medians = _medians(times)
     with _quiet():
@@ -488,7 +488,9 @@ def saddle_durations(prediction: Prediction, escape_times: Float[ArrayLike, "*ba
     per-direction escape times (`mimflow.escape_times`, last axis: singular values in
     decreasing order). Saddle `i` lasts from the escape of saddle `i − 1`'s last
     direction to the escape of its own last direction; `inf` if it never ends."""
-    times = np.asarray(escape_times, dtype=float)
+    if not isinstance(prediction, Prediction):
+        raise ValueError(f"`prediction` must be a theory.Prediction (from predict), got {type(prediction).__name__}")
+    times = as_numbers("escape_times", escape_times)
     ends = np.cumsum([s.num_directions for s in prediction.saddles]).astype(int)
     needed = int(ends[-1]) if ends.size else 0
     if times.ndim < 1 or times.shape[-1] < needed:
@@ -526,8 +528,9 @@ def compare(
 
     **Returns:** a `Comparison`; `print` it for a table.
     """
-    dims = np.asarray(dims, dtype=float)
-    times = np.asarray(escape_times, dtype=float)
+    dims, times = as_numbers("dims", dims), as_numbers("escape_times", escape_times)
+    check_range("tolerance", tolerance, low=0.0)
+    check_range("log_slope_max", log_slope_max, low=-np.inf)
     if times.ndim != 3:
         raise ValueError(f"`escape_times` must have shape (len(dims), seeds, directions), got shape {times.shape}")
     durations = saddle_durations(prediction, times)

@@ -35,6 +35,8 @@ _FILE_COST = {
     "test_configs_compare.py": 50,
     "test_reduced.py": 55,
     "test_fits.py": 45,
+    "test_precision.py": 40,
+    "test_reliability.py": 150,
 }
 
 

@@ -26,3 +26,13 @@ def random_orthonormal(rng, d, r):
     signs fixed so that it is Haar distributed (a rotation of ℝ^d when `r = d`, up to det)."""
     q, upper = np.linalg.qr(rng.standard_normal((d, r)))
     return q * np.sign(np.diag(upper))
+
+
+def closed_form_two_timescale(alpha, s, m0):
+    """Exact escape time of `α h_s` (two-timescale) from `m0` to ½. With `x = m²`,
+    `dt = dx / (2 s α² x^s (1 − x))` and `1/(x^s (1 − x)) = Σ_{i=1}^s x^{−i} + 1/(1 − x)`."""
+
+    def antiderivative(x):
+        return math.log(x) - math.log1p(-x) - sum(x ** (1 - i) / (i - 1) for i in range(2, s + 1))
+
+    return (antiderivative(0.25) - antiderivative(m0 * m0)) / (2 * s * alpha**2)

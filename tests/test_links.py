@@ -584,7 +584,7 @@ def _nan_fn(z):
         (lambda: links.stack([links.staircase(2), links.staircase(3)]), r"`links`.*dimensions \[2, 3\]"),
         (lambda: links.hermite(-1), r"`degree`.*-1"),
         (lambda: links.hermite(1.5), r"`degree`.*1.5"),
-        (lambda: links.hermite(2, dim=2, index=2), r"`axes`"),
+        (lambda: links.hermite(2, dim=2, index=2), r"`index`.*\[0, 2\).*got 2"),
         (lambda: links.relu(-1), r"`degree`.*-1"),
         (lambda: links.sign(0), r"`degree`.*≥ 1.*0"),
         (lambda: links.tanh(-2), r"`degree`.*-2"),

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from helpers import closed_form_two_timescale
 from scipy.integrate import quad, solve_ivp
 
 import mimflow
@@ -58,16 +59,6 @@ def quad_time(alphas, m0, m1, problem):
 
 def escape_oracle(alphas, m0, problem):
     return quad_time(alphas, m0, 0.5, problem)
-
-
-def closed_form_two_timescale(alpha, s, m0):
-    """Exact escape time of `α h_s` (two-timescale) from `m0` to ½. With `x = m²`,
-    `dt = dx / (2 s α² x^s (1 − x))` and `1/(x^s (1 − x)) = Σ_{i=1}^s x^{−i} + 1/(1 − x)`."""
-
-    def antiderivative(x):
-        return math.log(x) - math.log1p(-x) - sum(x ** (1 - i) / (i - 1) for i in range(2, s + 1))
-
-    return (antiderivative(0.25) - antiderivative(m0 * m0)) / (2 * s * alpha**2)
 
 
 def asymptotic_law(alpha, s, d, problem):

@@ -2,11 +2,6 @@
 simulators, also chunked, padded over d and sharded; no recompilation for new values;
 bad grids rejected with the axis and value named."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,46 +148,6 @@ def test_padded_flow_sweep_equals_unpadded_runs(fit, n):
             if n is not None:
                 np.testing.assert_allclose(at.train_loss.values, trajectory.train_loss, rtol=0, atol=1e-10)
     assert np.all(dataset.escape_time.values[..., 0] < 15.0)  # the h1 direction is learned
-
-
-SHARDED = textwrap.dedent(
-    """
-    import jax, jax.numpy as jnp, numpy as np
-    jax.config.update("jax_enable_x64", True)
-    import mimflow
-    from mimflow import links
-    from mimflow._sweep import _points, _run, _check_axes
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    assert len(jax.devices()) == 4, jax.devices()
-    experiment = mimflow.FlowExperiment(links.hermite(1, 2, 0) + links.hermite(2, 2, 1), jax.random.PRNGKey(3),
-                                        15.0, d_max=10, num_saves=8)
-    axes = {"seed": [0, 1, 2], "d": [6, 10]}
-    sharded = mimflow.sweep(experiment, axes)                     # 6 points over 4 devices (padded to 8)
-    single = mimflow.sweep(experiment, axes, devices=jax.devices()[:1])
-    chunked = mimflow.sweep(experiment, axes, batch_size=4)       # chunks of 4 over 4 devices
-    for name in single.data_vars:
-        for other in (sharded, chunked):
-            np.testing.assert_allclose(other[name].values, single[name].values, rtol=1e-12, atol=1e-12, err_msg=name)
-            if not np.array_equal(other[name].values, single[name].values, equal_nan=True):
-                print("not bitwise:", name, np.nanmax(np.abs(other[name].values - single[name].values)))
-    assert (single.status.values == 0).all()
-    # the work is split: each device holds one slice of the batch
-    mesh = Mesh(np.array(jax.devices()), ("batch",))
-    points = jax.device_put(_points(_check_axes(axes), np.arange(4)), NamedSharding(mesh, P("batch")))
-    out = _run(experiment, points, 0.5)
-    assert len(out["loss"].sharding.device_set) == 4 and not out["loss"].sharding.is_fully_replicated
-    print("ok")
-    """
-)
-
-
-def test_sharded_sweep_equals_one_device():
-    """On 4 (forced host) CPU devices: bitwise equal to one device and to chunks."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=600)
-    print(result.stdout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith("ok")
 
 
 def _reduced_experiment(**kwargs):

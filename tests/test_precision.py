@@ -1,0 +1,155 @@
+"""float32 runs (issue 9, item 5): the dtype end to end with x64 off, escape times against
+their closed forms within the bounds the README's "Precision" section documents, and the
+`precision` switch of configs and of `mimflow run`."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from mimflow import ConfigError
+from mimflow._cli import main
+from mimflow._config import load_config
+from mimflow._runner import CONFIG, SUMMARY, _stored_config, run_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The README's float32 bounds ("Precision": escape times before t ≈ 10⁶ against x64, which is
+# within 1e-7 of the closed form; default tolerances 1e-5, 1e-8): default solver and Rodas4.
+BOUND = {"default": 3e-4, "rodas4": 1e-4}
+
+
+def closed_form_escape(s, m0):
+    """Escape time of `h_s` (two-timescale, α = 1) from `m0` to ½: with `x = m²`,
+    `dt = dx / (2 s x^s (1 − x))` and `1/(x^s (1 − x)) = Σ_{i=1}^s x^{−i} + 1/(1 − x)`."""
+
+    def antiderivative(x):
+        return math.log(x) - math.log1p(-x) - sum(x ** (1 - i) / (i - 1) for i in range(2, s + 1))
+
+    return (antiderivative(0.25) - antiderivative(m0 * m0)) / (2 * s)
+
+
+CASES = [(2, 0.1), (3, 0.1), (2, 0.01), (3, 0.03)]  # (s, m0): escapes at 25 … 1.3·10⁴
+
+# x64 off (JAX's default): the default solver (Kvaerno5) on single-index targets
+WORKER = textwrap.dedent(
+    """
+    import json, sys
+    import equinox as eqx, jax, jax.numpy as jnp, numpy as np
+    import mimflow
+    from mimflow import links
+
+    cases, t1 = json.loads(sys.argv[1]), np.asarray(json.loads(sys.argv[2]))
+    out = {"x64": bool(jax.config.jax_enable_x64), "default_dtype": str(jnp.asarray(1.0).dtype)}
+    link = links.stack([links.hermite(s) for s, _ in cases])
+    M0 = np.array([[[m0]] for _, m0 in cases])  # float64 NumPy: cast to the float of the mode
+    def one(link, M0, t1):
+        traj = mimflow.simulate_reduced(link, M0, t1, num_saves=24)
+        return traj, mimflow.escape_times(traj)
+    traj, escape = eqx.filter_jit(jax.vmap(one))(link, M0, t1)
+    floats = {str(leaf.dtype) for leaf in jax.tree.leaves((traj, escape)) if jnp.issubdtype(leaf.dtype, jnp.floating)}
+    out.update(float_dtypes=sorted(floats), status=np.asarray(traj.status).tolist(),
+               escape=np.asarray(escape[:, 0], dtype=float).tolist(),
+               final=np.asarray(traj.singular_values[:, -1, 0], dtype=float).tolist())
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def float32_run():
+    expected = [closed_form_escape(s, m0) for s, m0 in CASES]
+    env = {
+        **os.environ,
+        "JAX_ENABLE_X64": "0",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    process = subprocess.run(
+        [sys.executable, "-c", WORKER, json.dumps(CASES), json.dumps([4 * t for t in expected])],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr
+    return json.loads(process.stdout.strip().splitlines()[-1]), np.array(expected)
+
+
+def test_float32_end_to_end(float32_run):
+    out, _ = float32_run
+    assert out["x64"] is False and out["default_dtype"] == "float32"
+    # every float of the trajectory (saves, loss, crossings, the problem's link) and the escape times
+    assert out["float_dtypes"] == ["float32"]
+
+
+def test_float32_escape_times_within_documented_bounds(float32_run):
+    """The default solver here; `Rodas4` in the config run below."""
+    out, expected = float32_run
+    assert out["status"] == [0] * len(CASES)
+    np.testing.assert_allclose(out["escape"], expected, rtol=BOUND["default"])
+    np.testing.assert_allclose(out["final"], 1.0, atol=1e-5)  # learned by 4× the escape time
+
+
+def _write_config(path: Path, **fields) -> Path:
+    config = {
+        "name": "tiny",
+        "target": {"link": "hermite", "degree": 2},
+        "d": 100,
+        "time": {"t1": 2.0e4, "num_saves": 16},
+        "sweep": {"seed": 2},
+        **fields,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_config_precision_validated(tmp_path):
+    assert load_config(_write_config(tmp_path / "a.yaml"))["precision"] == "float64"
+    assert load_config(_write_config(tmp_path / "b.yaml", precision="float32"))["precision"] == "float32"
+    for bad in ("float16", 32, "x64"):
+        with pytest.raises(ConfigError, match=r"^precision: must be one of float64, float32.*got"):
+            load_config(_write_config(tmp_path / "c.yaml", precision=bad))
+    overridden = load_config(_write_config(tmp_path / "d.yaml"), ["precision=float32"])
+    assert overridden["precision"] == "float32"
+
+
+def test_float32_config_runs_in_float32_and_records_it(tmp_path, capsys):
+    """In this x64 process, `precision: float32` runs in float32; `--precision` gives the same
+    config (the finished run is reused), and `--precision float64` is another config."""
+    out = {"dir": str(tmp_path / "out")}
+    path = _write_config(tmp_path / "tiny.yaml", precision="float32", solver={"name": "rodas4"}, output=out)
+    results, summary = run_config(load_config(path), progress=False)
+    assert results.attrs["precision"] == "float32" and summary["precision"] == "float32"
+    for name in ("loss", "singular_values", "overlap", "escape_time"):
+        assert results[name].dtype == np.float32, name
+    assert yaml.safe_load((tmp_path / "out" / CONFIG).read_text())["precision"] == "float32"
+    assert json.loads((tmp_path / "out" / SUMMARY).read_text())["precision"] == "float32"
+    # escape times against the closed form from each saved start
+    m0 = np.abs(results.overlap.isel(time=0).values.reshape(-1)).astype(float)
+    expected = [closed_form_escape(2, m) for m in m0]
+    np.testing.assert_allclose(results.escape_time.values.reshape(-1), expected, rtol=BOUND["rodas4"])
+    assert np.all(results.status.values == 0)
+
+    plain = _write_config(tmp_path / "plain.yaml", solver={"name": "rodas4"}, output=out)
+    capsys.readouterr()
+    assert main(["run", str(plain), "--precision", "float32", "--quiet"]) == 0
+    printed = capsys.readouterr()
+    assert "is complete" in printed.err and "; float32" in printed.out
+    assert main(["run", str(path), "--precision", "float64", "--quiet"]) == 2
+    assert "differs at precision" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="2"):  # argparse: one of the choices
+        main(["run", str(path), "--precision", "float16"])
+
+
+def test_configs_stored_before_the_switch_count_as_float64(tmp_path):
+    stored = tmp_path / CONFIG
+    stored.write_text(yaml.safe_dump({"name": "old", "time": {"t1": 10.0}}))
+    assert _stored_config(stored)["precision"] == "float64"

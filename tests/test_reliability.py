@@ -1,0 +1,188 @@
+"""Issue 9: numerical failure inside batches and bitwise reproducibility.
+
+One bad element of a batch (a NaN start, a link whose flow overflows, a fixed step far
+past stability, a tolerance no step can meet) must end with a status of its own, and
+every other element must come out exactly as it does without it. Oracles: the lone
+run of each good element (bitwise), and the closed-form escape time of `α h_3`.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import diffrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import closed_form_two_timescale, random_orthonormal
+
+import mimflow
+from mimflow import Status, links
+
+SOLVERS = {"kvaerno5": None, "rodas4": mimflow.Rodas4()}
+M0 = [0.3, 0.2, 0.1]
+T1 = 2000.0
+
+
+def _reduced(solver, coefficient, m0):
+    kwargs = {} if solver is None else {"solver": solver}
+    return mimflow.simulate_reduced(coefficient * links.hermite(3), jnp.reshape(m0, (1, 1)), T1, **kwargs)
+
+
+def _assert_rows_equal(batch, b, lone, bitwise):
+    """Row `b` of `batch` against a lone run: bitwise, or to rounding (`1e-13`)."""
+    for name in ("overlap", "loss", "singular_values", "status"):
+        got, want = np.asarray(getattr(batch, name))[b], np.asarray(getattr(lone, name))
+        if bitwise:
+            np.testing.assert_array_equal(got, want, name)
+        else:
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-13, err_msg=name)
+
+
+@pytest.mark.parametrize("solver", SOLVERS.values(), ids=SOLVERS.keys())
+@pytest.mark.parametrize("failure", ["nan-start", "overflow"])
+def test_failing_element_of_a_reduced_batch(solver, failure):
+    """A NaN initial overlap gives `NON_FINITE` (the default path integrates a finite
+    stand-in instead, so as not to disturb the batch, and masks its saves); a link
+    scaled by 1e160 in one element (its vector field overflows on the first step)
+    gives `STEP_SIZE_COLLAPSED` within a few steps rather than spending the step
+    budget. Either way its saves and escape time are `nan`, never a number. The other
+    rows equal their lone runs (bitwise with `Rodas4` when only `M0` is batched; to
+    rounding otherwise, as XLA compiles a batched program differently), and their
+    escape times match the closed form (`dt = dm²/(6 α² m⁶ (1 − m²))`)."""
+    m0 = jnp.asarray(M0)
+    if failure == "nan-start":
+        batch = jax.vmap(lambda m: _reduced(solver, 1.0, m))(m0.at[1].set(jnp.nan))
+    else:
+        batch = jax.vmap(lambda c, m: _reduced(solver, c, m))(jnp.array([1.0, 1e160, 1.0]), m0)
+    expected = Status.NON_FINITE if failure == "nan-start" else Status.STEP_SIZE_COLLAPSED
+    assert int(batch.status[1]) == expected, batch.status
+    if failure == "overflow":
+        assert int(batch.num_steps[1]) < 64, batch.num_steps
+    assert np.isnan(np.asarray(batch.overlap)[1, 1:]).all() and np.isnan(np.asarray(batch.loss)[1, 1:]).all()
+    escapes = np.asarray(mimflow.escape_times(batch))[:, 0]
+    assert np.isnan(escapes[1])  # not `inf`: whether it would have escaped is unknown
+    for b in (0, 2):
+        lone = _reduced(solver, 1.0, M0[b])
+        assert int(lone.status) == int(batch.status[b]) == Status.SUCCESS
+        _assert_rows_equal(batch, b, lone, bitwise=solver is not None and failure == "nan-start")
+        assert escapes[b] == pytest.approx(closed_form_two_timescale(1.0, 3, M0[b]), rel=1e-6)
+
+
+def test_divergent_fixed_step_element_of_a_flow_batch():
+    """Fixed steps (`ConstantStepSize`) far past the explicit solver's stability limit
+    in one element of a vmapped flow: that element ends `NON_FINITE` with `nan` saves
+    after it diverged; the others succeed, equal their lone runs (to rounding: the
+    target is shared, so XLA batches its products differently) and follow the reduced
+    ODE's escape (the population flow's overlap *is* the reduced state, DESIGN §4)."""
+    rng = np.random.default_rng(0)
+    d = 6
+    target = mimflow.Target(links.hermite(1), random_orthonormal(rng, d, 1))
+    flow = mimflow.TwoTimescaleFlow(target)
+    W0 = np.stack([random_orthonormal(rng, d, 1) for _ in range(3)])
+    W0[:, :, 0] *= np.sign(np.asarray(target.W_star)[:, 0] @ W0[:, :, 0].T)[:, None]  # positive overlaps
+    dt0 = jnp.array([0.01, 50.0, 0.01])
+
+    def run(W, dt):
+        return mimflow.simulate(flow, W, 8.0, num_saves=8, stepsize_controller=diffrax.ConstantStepSize(), dt0=dt)
+
+    batch = jax.vmap(run)(jnp.asarray(W0), dt0)
+    assert [int(s) for s in batch.status] == [Status.SUCCESS, Status.NON_FINITE, Status.SUCCESS]
+    assert np.isnan(np.asarray(batch.loss)[1, -1])
+    for b in (0, 2):
+        lone = run(W0[b], 0.01)
+        np.testing.assert_allclose(batch.overlap[b], lone.overlap, rtol=0, atol=1e-14)
+        np.testing.assert_allclose(batch.loss[b], lone.loss, rtol=0, atol=1e-14)
+        m0 = float(np.asarray(target.W_star)[:, 0] @ W0[b, :, 0])
+        reduced = mimflow.simulate_reduced(links.hermite(1), [[m0]], 8.0, num_saves=8)
+        np.testing.assert_allclose(batch.overlap[b], reduced.overlap, rtol=0, atol=1e-6)  # Tsit5 at dt = 0.01
+
+
+def test_sweep_with_an_unreachable_tolerance_point():
+    """A sweep over `rtol` where one point (seed 0 at 1e-14: 520 steps) cannot finish
+    within a 300-step budget: that point ends `MAX_STEPS` with `nan` after its last
+    step; the others succeed and are what a sweep of each point alone gives: states
+    bitwise, escape times to 1e-13 (with a traced `rtol` they were not bitwise)."""
+    experiment = mimflow.ReducedExperiment(
+        links.hermite(3), jax.random.PRNGKey(0), T1, d=50.0, num_saves=32, max_steps=300
+    )
+    results = mimflow.sweep(experiment, {"seed": [0, 1], "rtol": [1e-8, 1e-14]})
+    np.testing.assert_array_equal(results.status.values, [[Status.SUCCESS, Status.MAX_STEPS], [Status.SUCCESS] * 2])
+    assert np.isnan(results.loss.values[0, 1, -1]) and np.isfinite(results.loss.values[1]).all()
+    for seed, rtol in ((0, 1e-8), (1, 1e-8), (1, 1e-14)):
+        alone = mimflow.sweep(experiment, {"seed": [seed], "rtol": [rtol]})
+        for name in alone.data_vars:
+            got, want = results[name].sel(seed=seed, rtol=rtol).values, alone[name].values[0, 0]
+            if name == "escape_time":  # measured 6e-15 apart: the bisection's batched dense output
+                np.testing.assert_allclose(got, want, rtol=1e-13)
+            else:
+                np.testing.assert_array_equal(got, want, name)
+
+
+def test_rodas4_runs_bitwise_alone_and_vmapped():
+    """`simulate_reduced` with `Rodas4`, one start alone and in `vmap` batches of 1, 2
+    and 5: the same bits (its batching rule runs a batch of one as two, see
+    `_fast.solve_rodas4`)."""
+    solver = SOLVERS["rodas4"]
+    m0 = jnp.asarray([0.3, 0.25, 0.2, 0.15, 0.1])
+    five = jax.vmap(lambda m: _reduced(solver, 1.0, m))(m0)
+    two = jax.vmap(lambda m: _reduced(solver, 1.0, m))(m0[3:])
+    one = jax.vmap(lambda m: _reduced(solver, 1.0, m))(m0[3:4])
+    alone = _reduced(solver, 1.0, m0[3])
+    for batch, b in ((five, 3), (two, 0), (one, 0)):
+        _assert_rows_equal(batch, b, alone, bitwise=True)
+
+
+REPRODUCIBLE = textwrap.dedent(
+    """
+    import jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    import mimflow
+    from mimflow import links
+    from mimflow._sweep import _check_axes, _points, _run
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    assert len(jax.devices()) == 4, jax.devices()
+    link = links.hermite(1, 2, 0) + links.hermite(2, 2, 1)
+    key = jax.random.PRNGKey(3)
+    reduced = {"seed": [0, 1, 2], "d": [1e2, 1e3]}
+    cases = {
+        "population-flow": (mimflow.FlowExperiment(link, key, 15.0, d_max=10, num_saves=8), {"seed": [0, 1, 2], "d": [6, 10]}),
+        "reduced-rodas4": (mimflow.ReducedExperiment(link, key, 1e3, num_saves=16, solver=mimflow.Rodas4()), reduced),
+    }
+    one = jax.devices()[:1]
+    for name, (experiment, axes) in cases.items():
+        whole = mimflow.sweep(experiment, axes, devices=one)     # the grid in one vmapped call
+        runs = {
+            "sharded": mimflow.sweep(experiment, axes),          # 6 points over 4 devices (2 each)
+            "chunked": mimflow.sweep(experiment, axes, batch_size=2, devices=one),
+        }
+        for point in ({a: v[0] for a, v in axes.items()}, {a: v[-1] for a, v in axes.items()}):
+            runs[f"alone {point}"] = mimflow.sweep(experiment, {a: [v] for a, v in point.items()}, devices=one)
+        assert (whole.status.values == 0).all(), (name, whole.status.values)
+        for label, other in runs.items():
+            for var in whole.data_vars:
+                got = other[var].values
+                want = whole[var].sel({a: other[a].values for a in axes}).values
+                assert np.array_equal(got, want, equal_nan=True), (name, label, var, np.nanmax(np.abs(got - want)))
+    # the work is split: each device holds one slice of the batch
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    experiment, axes = cases["population-flow"]
+    points = jax.device_put(_points(_check_axes(axes), np.arange(4)), NamedSharding(mesh, P("batch")))
+    out = _run(experiment, points, 0.5)
+    assert len(out["loss"].sharding.device_set) == 4 and not out["loss"].sharding.is_fully_replicated
+    print("ok")
+    """
+)
+
+
+def test_sweeps_bitwise_alone_whole_chunked_sharded():
+    """On 4 forced host CPU devices, for a population flow and the reduced ODE with
+    `Rodas4`: a sweep's results are bitwise the same whether a point runs alone, with the
+    whole grid in one call, in chunks, or sharded over the devices (every device gets at
+    least two points: `_sweep._chunk_size`)."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, "-c", REPRODUCIBLE], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
