@@ -1,5 +1,6 @@
 """Shared by the benchmark scripts (run as `python benchmarks/NAME.py`, so importable as `_common`)."""
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -19,3 +20,11 @@ def git_state() -> dict:
 
     status = git("status", "--porcelain", "--", "mimflow")
     return {"git_commit": git("rev-parse", "HEAD"), "mimflow_modified": None if status is None else bool(status)}
+
+
+def write_json(path, results: dict) -> None:
+    """Write a benchmark's results as JSON (no NaN: a missing figure is `null`)."""
+    with open(path, "w") as file:
+        json.dump(results, file, indent=1, allow_nan=False)
+        file.write("\n")
+    print(f"wrote {path}")

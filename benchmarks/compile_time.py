@@ -22,7 +22,6 @@ times are measured there. Nothing is asserted.
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -40,7 +39,7 @@ args = parser.parse_args()
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
-from _common import git_state  # noqa: E402
+from _common import git_state, write_json  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
@@ -226,7 +225,4 @@ def main() -> dict:
 if __name__ == "__main__":
     results = main()
     if args.out:
-        with open(args.out, "w") as file:
-            json.dump(results, file, indent=1, allow_nan=False)
-            file.write("\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, results)

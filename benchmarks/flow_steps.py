@@ -28,7 +28,6 @@ within one run. Nothing is asserted: misses are printed as measured.
 import argparse
 import datetime
 import itertools
-import json
 import math
 import os
 import platform
@@ -135,7 +134,7 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", args.dtype == "float64")
 
 import jax.numpy as jnp  # noqa: E402
-from _common import git_state  # noqa: E402
+from _common import git_state, write_json  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
@@ -386,7 +385,4 @@ def main() -> dict:
 if __name__ == "__main__":
     results = main()
     if args.out:
-        with open(args.out, "w") as file:
-            json.dump(results, file, indent=1, allow_nan=False)
-            file.write("\n")
-        print(f"wrote {args.out}")
+        write_json(args.out, results)

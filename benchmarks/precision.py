@@ -28,7 +28,6 @@ Nothing is asserted: the table is printed as measured (`benchmarks/RESULTS.md` k
 
 import argparse
 import datetime
-import json
 import math
 import os
 import platform
@@ -42,7 +41,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ROOT, git_state  # noqa: E402
+from _common import ROOT, git_state, write_json  # noqa: E402
 
 PRECISIONS = ("float64", "float32")
 
@@ -408,7 +407,4 @@ if __name__ == "__main__":
     figures = main()
     if figures and figures["args"].out:
         out = figures.pop("args").out
-        with open(out, "w") as file:
-            json.dump(figures, file, indent=1, allow_nan=False)
-            file.write("\n")
-        print(f"wrote {out}")
+        write_json(out, figures)
