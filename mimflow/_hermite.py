@@ -51,7 +51,8 @@ def multi_indices(dim: int, degree: int) -> np.ndarray:
 @functools.cache
 def _multi_indices(dim: int, degree: int) -> np.ndarray:
     rows = [alpha for alpha in itertools.product(range(degree, -1, -1), repeat=dim) if sum(alpha) == degree]
-    return np.array(rows, dtype=np.int64).reshape(len(rows), dim)
+    # int32 (sizes are capped at 2^20): index arrays keep one dtype under x64 on and off
+    return np.array(rows, dtype=np.int32).reshape(len(rows), dim)
 
 
 @functools.cache
@@ -63,7 +64,7 @@ def _tuple_map(dim: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
     tuples = itertools.product(range(dim), repeat=degree)
     rows = np.array(
         [row_of[tuple(np.bincount(np.array(t, dtype=np.int64), minlength=dim))] for t in tuples],
-        dtype=np.int64,
+        dtype=np.int32,
     )
     # α!/j! divided as Python integers (exact, one rounding): α! overflows int64 from j = 21
     scale = np.sqrt([math.prod(math.factorial(a) for a in alpha) / math.factorial(degree) for alpha in alphas])
@@ -103,7 +104,7 @@ def hermite_basis(
     if table is None:
         table = hermite_1d(degree, z)
     alphas = multi_indices(dim, degree)
-    return jnp.prod(table[..., np.arange(dim)[None, :], alphas], axis=-1)
+    return jnp.prod(table[..., np.arange(dim, dtype=np.int32)[None, :], alphas], axis=-1)
 
 
 def evaluate_coefficients(

@@ -269,8 +269,9 @@ def sweep(
     the same shape, so the program compiles once, and a second sweep with new values
     (not new sizes) reuses it. Each chunk is split over `devices` (default: all of
     `jax.devices()`) along a one-axis `Mesh`; results do not depend on the chunking
-    or on the number of devices beyond rounding (bitwise on CPU for reduced experiments
-    as measured; batch shapes can change the last bits of an SVD).
+    or on the number of devices beyond rounding (bitwise on CPU for flows and `Rodas4`
+    reduced experiments as tested; with the default diffrax solvers, batch shapes can
+    change the last bits).
 
     **Arguments:**
     - `experiment`: a `ReducedExperiment` or `FlowExperiment`.

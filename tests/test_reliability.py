@@ -103,8 +103,10 @@ def test_divergent_fixed_step_element_of_a_flow_batch():
 def test_sweep_with_an_unreachable_tolerance_point():
     """A sweep over `rtol` where one point (seed 0 at 1e-14: 520 steps) cannot finish
     within a 300-step budget: that point ends `MAX_STEPS` with `nan` after its last
-    step; the others succeed and are what a sweep of each point alone gives: states
-    bitwise, escape times to 1e-13 (with a traced `rtol` they were not bitwise)."""
+    step; the others succeed and are what a sweep of each point alone gives, to rounding:
+    the default (Kvaerno5) path is batched by XLA into a program whose last bits depend on
+    the batch size (4 points here, 2 alone; measured 5e-15 relative on one CI machine, 0 on
+    another), so only the `Rodas4` and flow sweeps are bitwise (`test_sweeps_bitwise_...`)."""
     experiment = mimflow.ReducedExperiment(
         links.hermite(3), jax.random.PRNGKey(0), T1, d=50.0, num_saves=32, max_steps=300
     )
@@ -115,10 +117,10 @@ def test_sweep_with_an_unreachable_tolerance_point():
         alone = mimflow.sweep(experiment, {"seed": [seed], "rtol": [rtol]})
         for name in alone.data_vars:
             got, want = results[name].sel(seed=seed, rtol=rtol).values, alone[name].values[0, 0]
-            if name == "escape_time":  # measured 6e-15 apart: the bisection's batched dense output
-                np.testing.assert_allclose(got, want, rtol=1e-13)
-            else:
+            if name == "status":
                 np.testing.assert_array_equal(got, want, name)
+            else:
+                np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15, err_msg=name)
 
 
 def test_rodas4_runs_bitwise_alone_and_vmapped():
