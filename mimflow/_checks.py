@@ -63,11 +63,17 @@ def check_shape(name: str, value: Any, shape: tuple[int, ...]) -> None:
         raise ValueError(f"`{name}` must have shape {shape}, got shape {actual}")
 
 
-def check_int(name: str, value: Any, low: int) -> int:
+MAX_DEGREE = 64
+"""The highest polynomial degree of a link: a degree-`j` tensor has `j` axes, and NumPy
+and JAX arrays have at most 64."""
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     """`value` as an `int`; a `ValueError` naming `name` unless it is an integer `≥ low`
-    (a Python or NumPy integer, not a bool or a float)."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"`{name}` must be an integer ≥ {low}, got {value!r}")
+    (and `≤ high`; a Python or NumPy integer, not a bool or a float)."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < low or (high is not None and value > high):
+        bounds = f"≥ {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"`{name}` must be an integer {bounds}, got {value!r}")
     return int(value)
 
 

@@ -55,10 +55,13 @@ def _run(args) -> int:
 
     overrides = args.set + ([f"precision={args.precision}"] if args.precision else [])
     config = load_config(args.config, overrides, smoke=args.smoke, out=args.out)
-    start = time.perf_counter()
-    _, summary = run_config(config, overwrite=args.overwrite, progress=False if args.quiet else None)
     import jax
 
+    # the whole process computes in the run's precision (`run_config` would otherwise switch
+    # with `jax.enable_x64` around the computation only)
+    jax.config.update("jax_enable_x64", config["precision"] == "float64")
+    start = time.perf_counter()
+    _, summary = run_config(config, overwrite=args.overwrite, progress=False if args.quiet else None)
     out = Path(config["output"]["dir"])
     print(format_summary(summary))
     print(f"\nresults in {out}: {RESULTS}, {SUMMARY}, {FIGURES}/*.png")

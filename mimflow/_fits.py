@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_finite, check_key, check_range
+from ._checks import check_finite, check_int, check_key, check_range
 from ._hermite import hermite_1d, hermite_basis
 
 
@@ -82,8 +82,7 @@ class Polynomial(AbstractKernel):
     offset: Float[Array, ""]
 
     def __init__(self, degree: int = 3, offset: float = 1.0):
-        if not isinstance(degree, int) or degree < 1:
-            raise ValueError(f"`degree` must be an integer ≥ 1, got {degree!r}")
+        degree = check_int("degree", degree, 1)
         check_range("offset", offset, low=0.0)
         self.degree = degree
         self.offset = jnp.asarray(offset, dtype=float)

@@ -71,6 +71,15 @@ def _tuple_map(dim: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
     return rows, scale
 
 
+def _fresh(cached: tuple[np.ndarray, np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of `_tuple_map`'s cached arrays, the scale in `dtype`. JAX (0.10) keeps what it
+    derives from a NumPy constant by the object: the same cached object passed in float64
+    and, later in the process, inside `jax.enable_x64(False)` (a float32 config run) came
+    back as a float64 buffer or an int64 index, and the float32 op failed."""
+    rows, scale = cached
+    return rows.copy(), scale.astype(jnp.result_type(dtype, float))
+
+
 def tensor_to_coefficients(tensor: Float[ArrayLike, "..."], dim: int) -> Float[Array, " count"]:
     """Hermite coefficients `c_α` (rows of `multi_indices`) of `⟨T, H_j(z)⟩`.
 
@@ -78,15 +87,15 @@ def tensor_to_coefficients(tensor: Float[ArrayLike, "..."], dim: int) -> Float[A
     """
     tensor = jnp.asarray(tensor)
     degree = tensor.ndim
-    rows, scale = _tuple_map(dim, degree)
+    rows, scale = _fresh(_tuple_map(dim, degree), tensor.dtype)
     sums = jnp.zeros(len(scale), tensor.dtype).at[rows].add(tensor.reshape(-1))
     return scale * sums
 
 
 def coefficients_to_tensor(coefficients: Float[ArrayLike, " count"], dim: int, degree: int) -> Float[Array, "..."]:
     """The symmetric tensor `T_j` with `⟨T_j, H_j(z)⟩ = Σ_α c_α h_α(z)`."""
-    rows, scale = _tuple_map(dim, degree)
     coefficients = jnp.asarray(coefficients)
+    rows, scale = _fresh(_tuple_map(dim, degree), coefficients.dtype)
     return (scale * coefficients)[rows].reshape((dim,) * degree)
 
 

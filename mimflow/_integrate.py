@@ -551,7 +551,8 @@ def escape_times(trajectory: Trajectory, threshold: float = 0.5) -> Float[Array,
     check_trajectory(trajectory)
     check_range("threshold", threshold, low=0.0, high=1.0, low_open=True)
     batch = trajectory.ts.ndim - 1
-    if trajectory.crossings is not None and trajectory.crossings.threshold == threshold:
+    recorded = trajectory.crossings is not None and is_concrete(threshold)
+    if recorded and float(threshold) == trajectory.crossings.threshold:
         crossing = lambda traj, i, _: _locate(traj.crossings, i)
     elif trajectory.problem is not None:
         crossing = _crossing

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_finite, check_orthonormal, check_range, check_shape
+from ._checks import MAX_DEGREE, check_finite, check_int, check_orthonormal, check_range, check_shape
 from ._hermite import (
     apply_each,
     coefficients_to_tensor,
@@ -47,10 +47,20 @@ class Link(eqx.Module):
     dim: int = eqx.field(static=True)
 
     def __init__(self, tensors: Mapping[int, Float[ArrayLike, "..."]], dim: int, residual: float = 0.0):
-        """Low-level constructor; prefer `Link.from_tensors`, which also symmetrises."""
+        """Low-level constructor (no symmetrisation, works on traced tensors); prefer
+        `Link.from_tensors`. Checks the degrees and that each `T_j` ends in `(dim,)*j`."""
+        dim = check_int("dim", dim, 1)
+        if not isinstance(tensors, Mapping):
+            raise ValueError(f"`tensors` must be a dict {{degree: tensor}}, got {type(tensors).__name__}")
+        for j, t in tensors.items():
+            if isinstance(j, bool) or not isinstance(j, Integral) or not 0 <= j <= MAX_DEGREE:
+                raise ValueError(f"`tensors` keys must be degrees in [0, {MAX_DEGREE}], got {j!r}")
+            shape = np.shape(t)
+            if len(shape) < j or shape[len(shape) - j :] != (dim,) * j:
+                raise ValueError(f"`tensors[{j}]` must end in shape {(dim,) * j} (dim = {dim}), got shape {shape}")
         self.tensors = {int(j): jnp.asarray(t) for j, t in sorted(tensors.items())}
         self.residual = jnp.asarray(residual)
-        self.dim = int(dim)
+        self.dim = dim
 
     # --- constructors ---------------------------------------------------------
 
@@ -74,8 +84,8 @@ class Link(eqx.Module):
         (dim,) = dims
         checked = {}
         for degree, tensor in tensors.items():
-            if not isinstance(degree, Integral) or degree < 0:
-                raise ValueError(f"`tensors` keys must be degrees ≥ 0, got {degree!r}")
+            if isinstance(degree, bool) or not isinstance(degree, Integral) or not 0 <= degree <= MAX_DEGREE:
+                raise ValueError(f"`tensors` keys must be degrees in [0, {MAX_DEGREE}], got {degree!r}")
             check_shape(f"tensors[{degree}]", tensor, (dim,) * int(degree))
             check_finite(f"tensors[{degree}]", tensor)
             checked[int(degree)] = symmetrize(jnp.asarray(tensor, dtype=float), dim)
@@ -98,8 +108,10 @@ class Link(eqx.Module):
         (dim,) = dims
         by_degree: dict[int, dict[tuple[int, ...], float]] = {}
         for alpha, value in coefficients.items():
-            if not all(isinstance(a, Integral) and a >= 0 for a in alpha):
+            if not all(isinstance(a, Integral) and not isinstance(a, bool) and a >= 0 for a in alpha):
                 raise ValueError(f"multi-index {alpha!r} in `coefficients` must hold integers ≥ 0")
+            if sum(alpha) > MAX_DEGREE:
+                raise ValueError(f"multi-index {alpha!r} in `coefficients` has degree > {MAX_DEGREE}")
             check_finite(f"coefficients[{alpha}]", value)
             by_degree.setdefault(sum(alpha), {})[tuple(int(a) for a in alpha)] = value
         tensors = {}
@@ -133,10 +145,8 @@ class Link(eqx.Module):
         """
         if not callable(fn):
             raise ValueError(f"`fn` must be callable, got {fn!r}")
-        if not isinstance(dim, Integral) or dim < 1:
-            raise ValueError(f"`dim` must be an integer ≥ 1, got {dim!r}")
-        if not isinstance(degree, Integral) or degree < 0:
-            raise ValueError(f"`degree` must be an integer ≥ 0, got {degree!r}")
+        dim = check_int("dim", dim, 1)
+        degree = check_int("degree", degree, 0, MAX_DEGREE)
         if num_nodes is None:
             num_nodes = max(degree + 1, min(300, int(round(2 ** (20 / dim)))))
         if not isinstance(num_nodes, Integral) or not degree + 1 <= num_nodes <= 300:

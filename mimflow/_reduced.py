@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_finite, check_range, is_concrete
+from ._checks import check_finite, check_int, check_range, is_concrete
 from ._hermite import apply_each
 from ._link import Link
 
@@ -88,8 +88,8 @@ class TwoTimescale(AbstractProblem):
     def __init__(self, link: Link, ridge: float = 0.0, rho: float = 1.0, max_degree: int | None = None):
         check_range("ridge", ridge, low=0.0)
         check_range("rho", rho, low=0.0, high=1.0, low_open=True)
-        if max_degree is not None and (not isinstance(max_degree, int) or max_degree < 0):
-            raise ValueError(f"`max_degree` must be None or an integer ≥ 0, got {max_degree!r}")
+        if max_degree is not None:
+            max_degree = check_int("max_degree", max_degree, 0)
         self.link = link
         self.ridge = jnp.asarray(ridge, dtype=float)
         self.rho = jnp.asarray(rho, dtype=float)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_finite, check_int
+from ._checks import MAX_DEGREE, check_finite, check_int
 from ._link import Link
 
 __all__ = ["embed", "harmonic", "hermite", "relu", "sign", "stack", "staircase", "tanh"]
@@ -52,7 +52,7 @@ def _single_index(coefficients: dict[int, float], dim: int, index: int) -> Link:
 def hermite(degree: int, dim: int = 1, index: int = 0) -> Link:
     """`h_j(z_index)`, the orthonormal Hermite polynomial of degree `j` (information
     exponent `j`), as a link on `ℝ^dim`."""
-    return _single_index({check_int("degree", degree, 0): 1.0}, dim, index)
+    return _single_index({check_int("degree", degree, 0, MAX_DEGREE): 1.0}, dim, index)
 
 
 def _he_at_zero(n: int) -> float:
@@ -66,7 +66,7 @@ def relu(degree: int = 8, dim: int = 1, index: int = 0) -> Link:
     """`max(z, 0)` truncated to degrees `≤ degree`, from the closed form
     `⟨relu, h_n⟩ = φ(0) (He_n(0) + n He_{n−2}(0)) / √(n!)` (`n ≥ 2`), `⟨relu, h_0⟩ = φ(0)`,
     `⟨relu, h_1⟩ = ½`; `residual` is exact (`E relu² = ½`)."""
-    degree = check_int("degree", degree, 0)
+    degree = check_int("degree", degree, 0, MAX_DEGREE)
     coeffs = {0: _PHI0}
     if degree >= 1:
         coeffs[1] = 0.5
@@ -79,7 +79,7 @@ def relu(degree: int = 8, dim: int = 1, index: int = 0) -> Link:
 def sign(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
     """`sign(z)` truncated to degrees `≤ degree`, from the closed form
     `⟨sign, h_n⟩ = 2 φ(0) He_{n−1}(0) / √(n!)` (odd `n`); `residual` is exact."""
-    degree = check_int("degree", degree, 1)
+    degree = check_int("degree", degree, 1, MAX_DEGREE)
     coeffs = {n: 2.0 * _PHI0 * _he_at_zero(n - 1) / math.sqrt(math.factorial(n)) for n in range(1, degree + 1, 2)}
     link = _single_index(coeffs, dim, index)
     return Link(link.tensors, link.dim, 1.0 - sum(c**2 for c in coeffs.values()))
@@ -87,7 +87,7 @@ def sign(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
 
 def tanh(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
     """`tanh(z)` projected by Gauss–Hermite quadrature onto degrees `≤ degree`."""
-    link = Link.from_function(lambda z: jnp.tanh(z[0]), dim=1, degree=check_int("degree", degree, 0))
+    link = Link.from_function(lambda z: jnp.tanh(z[0]), dim=1, degree=check_int("degree", degree, 0, MAX_DEGREE))
     return _place(link, dim, index)
 
 
@@ -108,7 +108,7 @@ def harmonic(degree: int, phase: float = 0.0) -> Link:
     pure degree `degree`; it is invariant under rotations of the plane by `2π/degree`.
     Sums of harmonics of degrees 3 and 4 give the planted problem's spurious minima.
     """
-    degree = check_int("degree", degree, 1)
+    degree = check_int("degree", degree, 1, MAX_DEGREE)
     check_finite("phase", phase)
     vector = np.array([1.0, 1.0j])
     tensor = np.array(np.exp(-1j * phase))

@@ -48,6 +48,14 @@ __all__ = ["Saddle", "Prediction", "predict", "ScalingFit", "fit_scaling", "Comp
 # --- the saddle sequence -----------------------------------------------------------
 
 
+def _dimensions(d: Float[ArrayLike, "*batch"]) -> np.ndarray:
+    """`d` as a float array; a `ValueError` unless it holds finite numbers `> 0`."""
+    d = as_numbers("d", d)
+    if not np.all(np.isfinite(d) & (d > 0)):
+        raise ValueError(f"`d` must hold finite dimensions > 0, got {d!r:.100}")
+    return d
+
+
 @dataclasses.dataclass(frozen=True)
 class Saddle:
     """One plateau of the dynamics and its escape.
@@ -83,8 +91,8 @@ class Saddle:
         return self.directions.shape[1]
 
     def time(self, d: Float[ArrayLike, "*batch"]) -> np.ndarray:
-        """The predicted time spent on this saddle at dimension `d`: `constant · law(d)`."""
-        d = np.asarray(d, dtype=float)
+        """The predicted time spent on this saddle at dimension `d > 0`: `constant · law(d)`."""
+        d = _dimensions(d)
         if self.logarithmic:
             return self.constant * np.log(d)
         return self.constant * d**self.exponent
@@ -123,7 +131,8 @@ class Prediction:
         return np.concatenate([s.directions for s in self.saddles] + [np.zeros((self.k, 0))], axis=1)
 
     def times(self, d: Float[ArrayLike, "*batch"]) -> np.ndarray:
-        """Predicted time on each saddle at dimension `d`, shape `(*batch, len(saddles))`."""
+        """Predicted time on each saddle at dimension `d > 0`, shape `(*batch, len(saddles))`."""
+        d = _dimensions(d)
         return np.stack([s.time(d) for s in self.saddles], axis=-1) if self.saddles else np.zeros(np.shape(d) + (0,))
 
     def __str__(self) -> str:

@@ -17,7 +17,7 @@ import yaml
 from mimflow import ConfigError
 from mimflow._cli import main
 from mimflow._config import load_config
-from mimflow._runner import CONFIG, SUMMARY, _stored_config, run_config
+from mimflow._runner import CONFIG, _stored_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -121,32 +121,80 @@ def test_config_precision_validated(tmp_path):
     assert overridden["precision"] == "float32"
 
 
-def test_float32_config_runs_in_float32_and_records_it(tmp_path, capsys):
-    """In this x64 process, `precision: float32` runs in float32; `--precision` gives the same
-    config (the finished run is reused), and `--precision float64` is another config."""
-    out = {"dir": str(tmp_path / "out")}
-    path = _write_config(tmp_path / "tiny.yaml", precision="float32", solver={"name": "rodas4"}, output=out)
-    results, summary = run_config(load_config(path), progress=False)
-    assert results.attrs["precision"] == "float32" and summary["precision"] == "float32"
-    for name in ("loss", "singular_values", "overlap", "escape_time"):
-        assert results[name].dtype == np.float32, name
-    assert yaml.safe_load((tmp_path / "out" / CONFIG).read_text())["precision"] == "float32"
-    assert json.loads((tmp_path / "out" / SUMMARY).read_text())["precision"] == "float32"
-    # escape times against the closed form from each saved start
-    m0 = np.abs(results.overlap.isel(time=0).values.reshape(-1)).astype(float)
-    expected = [closed_form_escape(2, m) for m in m0]
-    np.testing.assert_allclose(results.escape_time.values.reshape(-1), expected, rtol=BOUND["rodas4"])
-    assert np.all(results.status.values == 0)
+# In a fresh x64 process (as `mimflow run` and a Python session that imported conftest-like
+# settings are): first a float64 run, so that the float32 run that follows meets everything a
+# float64 run leaves cached in the process (JAX 0.10 keyed some derived constants by the
+# NumPy object and handed a float64 buffer to a float32 op; `_hermite._fresh`), then a
+# float32 config through `run_config`, then the CLI's `--precision`.
+CONFIG_WORKER = textwrap.dedent(
+    """
+    import json, sys
+    from pathlib import Path
+    import jax, numpy as np, yaml
+    jax.config.update("jax_enable_x64", True)
+    from mimflow._cli import main
+    from mimflow._config import load_config
+    from mimflow._runner import CONFIG, SUMMARY, run_config
 
-    plain = _write_config(tmp_path / "plain.yaml", solver={"name": "rodas4"}, output=out)
-    capsys.readouterr()
-    assert main(["run", str(plain), "--precision", "float32", "--quiet"]) == 0
-    printed = capsys.readouterr()
-    assert "is complete" in printed.err and "; float32" in printed.out
-    assert main(["run", str(path), "--precision", "float64", "--quiet"]) == 2
-    assert "differs at precision" in capsys.readouterr().err
+    tmp = Path(sys.argv[1])
+    def write(name, **fields):
+        config = {"name": "tiny", "target": {"link": "hermite", "degree": 2}, "d": 100,
+                  "time": {"t1": 2.0e4, "num_saves": 16}, "sweep": {"seed": 2},
+                  "solver": {"name": "rodas4"}, **fields}
+        path = tmp / name
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    first, _ = run_config(load_config(write("x64.yaml", output={"dir": str(tmp / "x64")})), progress=False)
+    assert first["loss"].dtype == np.float64
+    out = {"dir": str(tmp / "out")}
+    path = write("tiny.yaml", precision="float32", output=out)
+    results, summary = run_config(load_config(path), progress=False)
+    report = {
+        "attrs": results.attrs["precision"], "summary": summary["precision"],
+        "dtypes": {n: str(results[n].dtype) for n in ("loss", "singular_values", "overlap", "escape_time")},
+        "stored": yaml.safe_load((tmp / "out" / CONFIG).read_text())["precision"],
+        "summary_file": json.loads((tmp / "out" / SUMMARY).read_text())["precision"],
+        "m0": np.abs(results.overlap.isel(time=0).values.reshape(-1)).astype(float).tolist(),
+        "escape": results.escape_time.values.reshape(-1).astype(float).tolist(),
+        "status": results.status.values.reshape(-1).tolist(),
+        "cli_same": main(["run", str(write("plain.yaml", output=out)), "--precision", "float32", "--quiet"]),
+        "cli_other": main(["run", str(path), "--precision", "float64", "--quiet"]),
+    }
+    print(json.dumps(report))
+    """
+)
+
+
+def test_float32_config_runs_in_float32_and_records_it(tmp_path):
+    """After a float64 run in the same x64 process, `precision: float32` runs in float32 and
+    records it; `--precision float32` gives the same config (the finished run is reused), and
+    `--precision float64` is another config (exit code 2)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.run(
+        [sys.executable, "-c", CONFIG_WORKER, str(tmp_path)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    report = json.loads(process.stdout.strip().splitlines()[-1])
+    assert report["attrs"] == report["summary"] == report["stored"] == report["summary_file"] == "float32"
+    assert set(report["dtypes"].values()) == {"float32"}, report["dtypes"]
+    # escape times against the closed form from each saved start
+    expected = [closed_form_escape(2, m) for m in report["m0"]]
+    np.testing.assert_allclose(report["escape"], expected, rtol=BOUND["rodas4"])
+    assert report["status"] == [0] * len(expected)
+    assert report["cli_same"] == 0 and report["cli_other"] == 2
+    assert "is complete" in process.stderr and "differs at precision" in process.stderr
+    assert "; float32" in process.stdout
+
+
+def test_precision_flag_choices(tmp_path):
     with pytest.raises(SystemExit, match="2"):  # argparse: one of the choices
-        main(["run", str(path), "--precision", "float16"])
+        main(["run", str(_write_config(tmp_path / "tiny.yaml")), "--precision", "float16"])
 
 
 def test_configs_stored_before_the_switch_count_as_float64(tmp_path):

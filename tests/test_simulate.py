@@ -347,6 +347,10 @@ def test_recorded_crossing_step_against_reintegration_and_quadrature():
     assert float(steps.t0[0]) < recorded <= float(steps.t1[0])
     later = float(mimflow.escape_times(traj, 0.8)[0])
     assert later == pytest.approx(quad_time({3: 1.0}, 0.05, 0.8, "two-timescale"), rel=1e-7)
+    # a traced threshold (inside jit) takes the re-integration path, at ½ too
+    traced = jax.jit(lambda threshold: mimflow.escape_times(traj, threshold))
+    assert float(traced(0.8)[0]) == pytest.approx(later, rel=1e-7)
+    assert float(traced(0.5)[0]) == pytest.approx(recorded, rel=1e-7)
     # already above at the start: the time is 0 on both paths
     start = mimflow.simulate_reduced(link, [[0.9]], 10.0, num_saves=64)
     assert float(mimflow.escape_times(start)[0]) == 0.0

@@ -56,7 +56,20 @@ LINKS = [
     ("hermite-index-out-of-range", lambda: links.hermite(2, dim=2, index=2), ["`index`", "[0, 2)", "got 2"]),
     ("hermite-index-float", lambda: links.hermite(1, dim=2, index=0.5), ["`index`", "0.5"]),
     ("relu-degree", lambda: links.relu(-1), ["`degree`", "-1"]),
-    ("sign-degree", lambda: links.sign(0), ["`degree`", "≥ 1", "0"]),
+    ("sign-degree", lambda: links.sign(0), ["`degree`", "[1, 64]", "0"]),
+    # degrees above 64: a tensor would have more axes than an array can (OverflowError before)
+    ("hermite-degree-65", lambda: links.hermite(65), ["`degree`", "[0, 64]", "65"]),
+    ("relu-degree-171", lambda: links.relu(171), ["`degree`", "171"]),
+    ("sign-degree-173", lambda: links.sign(173), ["`degree`", "173"]),
+    ("from-hermite-degree-65", lambda: mf.Link.from_hermite({(65,): 1.0}), ["(65,)", "64"]),
+    ("from-hermite-bool-index", lambda: mf.Link.from_hermite({(True, 0): 1.0}), ["(True, 0)"]),
+    ("from-function-degree-bool", lambda: mf.Link.from_function(jnp.sum, 1, True), ["`degree`", "True"]),
+    ("from-tensors-degree-65", lambda: mf.Link.from_tensors({65: 1.0}, dim=1), ["`tensors` keys", "65"]),
+    # the low-level constructor (no symmetrisation): degrees, dim and trailing shapes
+    ("link-init-dim", lambda: mf.Link({1: jnp.ones(2)}, 0), ["`dim`", "0"]),
+    ("link-init-shape", lambda: mf.Link({2: jnp.ones(2)}, 2), ["`tensors[2]`", "(2, 2)", "(2,)"]),
+    ("link-init-key", lambda: mf.Link({-1: jnp.ones(2)}, 2), ["`tensors` keys", "-1"]),
+    ("link-init-type", lambda: mf.Link([jnp.ones(2)], 2), ["`tensors`", "list"]),
     ("tanh-degree", lambda: links.tanh("9"), ["`degree`", "'9'"]),
     ("staircase-k", lambda: links.staircase(0), ["`k`", "0"]),
     ("harmonic-degree", lambda: links.harmonic(0), ["`degree`", "0"]),
@@ -140,6 +153,7 @@ FITS = [
     ("rbf-lengthscale-negative", lambda: mf.RBF(-1.0), ["`lengthscale`", "-1"]),
     ("rbf-lengthscale-inf", lambda: mf.RBF(INF), ["`lengthscale`", "inf"]),
     ("polynomial-degree", lambda: mf.Polynomial(0), ["`degree`", "0"]),
+    ("polynomial-degree-bool", lambda: mf.Polynomial(True), ["`degree`", "True"]),
     ("polynomial-offset", lambda: mf.Polynomial(2, -1.0), ["`offset`", "-1"]),
     ("kernel-ridge-kernel", lambda: mf.KernelRidge("rbf"), ["`kernel`", "'rbf'"]),
     ("kernel-ridge-ridge-negative", lambda: mf.KernelRidge(mf.RBF(), -1.0), ["`ridge`", "-1"]),
@@ -267,6 +281,7 @@ REDUCED_PROBLEMS = [
     ("two-timescale-ridge", lambda: mf.TwoTimescale(H2, -1.0), ["`ridge`", "-1"]),
     ("two-timescale-rho", lambda: mf.TwoTimescale(H2, rho=1.5), ["`rho`", "1.5"]),
     ("two-timescale-max-degree", lambda: mf.TwoTimescale(H2, max_degree=-1), ["`max_degree`", "-1"]),
+    ("two-timescale-max-degree-bool", lambda: mf.TwoTimescale(H2, max_degree=True), ["`max_degree`", "True"]),
     ("two-timescale-link", lambda: mf.TwoTimescale("h2"), ["`link`", "str"]),
     ("planted-problem-link", lambda: mf.Planted(None), ["`link`", "NoneType"]),
     ("reduced-loss-shape", lambda: mf.reduced_loss(H2, jnp.ones((2, 2))), ["`M`", "(2, 2)"]),
@@ -375,6 +390,9 @@ THEORY = [
     ("multi-indices-dim", lambda: mf.multi_indices(0, 2), ["`dim`", "0"]),
     ("multi-indices-degree", lambda: mf.multi_indices(2, -1), ["`degree`", "-1"]),
     ("multi-indices-list", lambda: mf.multi_indices([2], 2), ["`dim`", "[2]"]),
+    ("prediction-times-string", lambda: PREDICTION.times("a"), ["`d`", "'a'"]),
+    ("prediction-times-negative", lambda: PREDICTION.times([10.0, -1.0]), ["`d`", "-1"]),
+    ("saddle-time-nan", lambda: PREDICTION.saddles[0].time(NAN), ["`d`", "nan"]),
 ]
 
 CASES = LINKS + STIEFEL + FITS + FLOWS + SIMULATE + REDUCED_PROBLEMS + SWEEPS + CONFIGS + THEORY
