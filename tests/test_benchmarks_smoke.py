@@ -67,6 +67,7 @@ def test_flow_steps_smoke(out):
         assert row["step_s"] > 0
 
 
+@pytest.mark.slow  # 28 CPU-s, for CI time (benchmarks are not unit tests; issue 8 allows at most a smoke)
 def test_compile_time_smoke(out):
     figures = run_smoke("compile_time.py", out)
     assert_finite(figures)

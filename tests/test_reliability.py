@@ -139,6 +139,7 @@ def test_rodas4_runs_bitwise_alone_and_vmapped():
 
 REPRODUCIBLE = textwrap.dedent(
     """
+    import sys
     import jax, numpy as np
     jax.config.update("jax_enable_x64", True)
     import mimflow
@@ -154,7 +155,8 @@ REPRODUCIBLE = textwrap.dedent(
         "reduced-rodas4": (mimflow.ReducedExperiment(link, key, 1e3, num_saves=16, solver=mimflow.Rodas4()), reduced),
     }
     one = jax.devices()[:1]
-    for name, (experiment, axes) in cases.items():
+    name = sys.argv[1]
+    for experiment, axes in [cases[name]]:
         whole = mimflow.sweep(experiment, axes, devices=one)     # the grid in one vmapped call
         runs = {
             "sharded": mimflow.sweep(experiment, axes),          # 6 points over 4 devices (2 each)
@@ -168,10 +170,10 @@ REPRODUCIBLE = textwrap.dedent(
                 got = other[var].values
                 want = whole[var].sel({a: other[a].values for a in axes}).values
                 assert np.array_equal(got, want, equal_nan=True), (name, label, var, np.nanmax(np.abs(got - want)))
-    # the work is split: each device holds one slice of the batch
+    # the work is split: each device holds one slice of the batch (8 points: the sharded
+    # sweep's program)
     mesh = Mesh(np.array(jax.devices()), ("batch",))
-    experiment, axes = cases["population-flow"]
-    points = jax.device_put(_points(_check_axes(axes), np.arange(4)), NamedSharding(mesh, P("batch")))
+    points = jax.device_put(_points(_check_axes(axes), np.arange(8) % 6), NamedSharding(mesh, P("batch")))
     out = _run(experiment, points, 0.5)
     assert len(out["loss"].sharding.device_set) == 4 and not out["loss"].sharding.is_fully_replicated
     print("ok")
@@ -179,12 +181,17 @@ REPRODUCIBLE = textwrap.dedent(
 )
 
 
-def test_sweeps_bitwise_alone_whole_chunked_sharded():
-    """On 4 forced host CPU devices, for a population flow and the reduced ODE with
-    `Rodas4`: a sweep's results are bitwise the same whether a point runs alone, with the
-    whole grid in one call, in chunks, or sharded over the devices (every device gets at
-    least two points: `_sweep._chunk_size`)."""
+@pytest.mark.parametrize(
+    "case",
+    ["reduced-rodas4", pytest.param("population-flow", marks=pytest.mark.slow)],  # slow: 45 CPU-s, for CI time
+)
+def test_sweeps_bitwise_alone_whole_chunked_sharded(case):
+    """On 4 forced host CPU devices, for the reduced ODE with `Rodas4` and a population flow:
+    a sweep's results are bitwise the same whether a point runs alone, with the whole grid in
+    one call, in chunks, or sharded over the devices (every device gets at least two points:
+    `_sweep._chunk_size`)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", REPRODUCIBLE], env=env, capture_output=True, text=True, timeout=600)
+    command = [sys.executable, "-c", REPRODUCIBLE, case]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
