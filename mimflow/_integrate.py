@@ -134,8 +134,10 @@ def _default_solver(dtype: jnp.dtype) -> diffrax.AbstractSolver:
 class RelativeFloor(diffrax.AbstractAdaptiveStepSizeController):
     """Wraps an adaptive controller so that no step is shorter than
     `factor · eps · max(|t|, 1)`: a step the inner controller rejects only for being
-    too long is accepted once it is at that floor (if the solver succeeded); a step
-    that failed there ends the solve with `dt_min_reached` (`Status.STEP_SIZE_COLLAPSED`).
+    too long is accepted once it is at that floor (if the solver succeeded, and without
+    error control: see the README's "Precision"); a failed step near the floor is retried
+    at the floor itself, and a step of the floor's length that fails ends the solve with
+    `dt_min_reached` (`Status.STEP_SIZE_COLLAPSED`).
 
     Escapes happen at `t ~ d^{s−1}` (10¹⁵ is ordinary for `s = 4`, 10⁶ already beyond
     float32) but last `O(1)`, below the time variable's resolution `eps·t`: without

@@ -51,6 +51,7 @@ def out(tmp_path):
     return tmp_path / "figures.json"
 
 
+@pytest.mark.slow  # 30 CPU-s, for CI time (benchmarks are not unit tests; issue 8 allows at most a smoke)
 def test_flow_steps_smoke(out):
     figures = run_smoke("flow_steps.py", out)
     assert_finite(figures)

@@ -109,9 +109,8 @@ def test_a_divergent_element_does_not_touch_the_rest_of_the_batch(batch):
     np.testing.assert_allclose(alone.overlap, reference.overlap[1], rtol=0, atol=1e-13)
 
 
-def test_agrees_with_the_diffrax_path_for_planted_ridge_and_traced_links():
-    """The planted problem, ridge shrinkage swept under vmap (traced weights) and a link
-    passed through `jit` (traced tensors, no structural zeros) against Kvaerno5."""
+def test_agrees_with_the_diffrax_path_for_planted_and_ridge():
+    """The planted problem and ridge shrinkage against Kvaerno5."""
     M0 = mimflow.sample_overlap(jax.random.PRNGKey(0), 50.0, 2, 2)
     cases = [
         (mimflow.Planted(TWO), 1e3),
@@ -124,6 +123,13 @@ def test_agrees_with_the_diffrax_path_for_planted_ridge_and_traced_links():
         # the diffrax path (Kvaerno5 at rtol 1e-9, crossings on its cubic dense output) puts
         # escapes at t ~ 1 within ~3e-7 of Radau at 1e-12; Rodas4 here within 1e-9 of it
         np.testing.assert_allclose(mimflow.escape_times(fast), mimflow.escape_times(slow), rtol=1e-6)
+
+
+@pytest.mark.slow  # 20 CPU-s, for CI time (the only check of Rodas4 on traced links and ridges: run with -m slow)
+def test_agrees_with_the_diffrax_path_for_traced_ridge_and_links():
+    """Ridge shrinkage swept under vmap (traced weights) and a link passed through `jit`
+    (traced tensors, no structural zeros) against Kvaerno5."""
+    M0 = mimflow.sample_overlap(jax.random.PRNGKey(0), 50.0, 2, 2)
     traced = jax.jit(
         jax.vmap(
             lambda link, ridge: mimflow.simulate_reduced(link, M0, 1e4, ridge=ridge, num_saves=16, solver=TIGHT).loss,
