@@ -21,6 +21,7 @@ import jax
 import yaml
 
 from . import links
+from ._checks import MAX_DEGREE
 from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
 from ._fast import Rodas4
 from ._fits import RBF, AbstractFit, ArcCosine, HermiteFeatures, KernelRidge, Mehler, Polynomial, RandomFeatures
@@ -294,7 +295,7 @@ def _check_link_size(k: int, degree: int, path: str) -> None:
     """Reject a link on `ℝ^k` of degree `D` too large to build: its tensors hold `k^D`
     entries, its multi-index tables `(D + 1)^k` rows, its embedding `k²` entries (each at
     most `2^20`), and a tensor has at most 64 axes (NumPy's limit)."""
-    if degree > 64 or k > 2**10 or max(k**degree, (degree + 1) ** k, k * k) > _MAX_LINK_SIZE:
+    if degree > MAX_DEGREE or k > 2**10 or max(k**degree, (degree + 1) ** k, k * k) > _MAX_LINK_SIZE:
         raise ConfigError(
             f"{path}: a link on ℝ^{k} of degree {degree} is too large to build "
             "(k^degree, (degree + 1)^k and k² must be ≤ 2^20, degree ≤ 64)"

@@ -292,8 +292,7 @@ class RandomFeatures(AbstractFeatureFit):
         kind: Literal["relu", "fourier"] = "relu",
         lengthscale: float = 1.0,
     ):
-        if not isinstance(num_features, int) or num_features < 1:
-            raise ValueError(f"`num_features` must be an integer ≥ 1, got {num_features!r}")
+        num_features = check_int("num_features", num_features, 1)
         if kind not in ("relu", "fourier"):
             raise ValueError(f"`kind` must be 'relu' or 'fourier', got {kind!r}")
         check_key("key", key)

@@ -22,6 +22,12 @@ from ._hermite import (
 )
 
 
+def _check_degree(degree: object) -> None:
+    """A `ValueError` unless a key of `tensors` is an integer degree in `[0, MAX_DEGREE]`."""
+    if isinstance(degree, bool) or not isinstance(degree, Integral) or not 0 <= degree <= MAX_DEGREE:
+        raise ValueError(f"`tensors` keys must be degrees in [0, {MAX_DEGREE}], got {degree!r}")
+
+
 class Link(eqx.Module):
     """A link function `f: ℝ^k → ℝ` stored by its symmetric Hermite tensors,
     `f(z) = Σ_j ⟨T_j, H_j(z)⟩` (DESIGN §1), so `‖f‖² = E f(z)² = Σ_j ‖T_j‖_F²`.
@@ -53,8 +59,7 @@ class Link(eqx.Module):
         if not isinstance(tensors, Mapping):
             raise ValueError(f"`tensors` must be a dict {{degree: tensor}}, got {type(tensors).__name__}")
         for j, t in tensors.items():
-            if isinstance(j, bool) or not isinstance(j, Integral) or not 0 <= j <= MAX_DEGREE:
-                raise ValueError(f"`tensors` keys must be degrees in [0, {MAX_DEGREE}], got {j!r}")
+            _check_degree(j)
             shape = np.shape(t)
             if len(shape) < j or shape[len(shape) - j :] != (dim,) * j:
                 raise ValueError(f"`tensors[{j}]` must end in shape {(dim,) * j} (dim = {dim}), got shape {shape}")
@@ -84,8 +89,7 @@ class Link(eqx.Module):
         (dim,) = dims
         checked = {}
         for degree, tensor in tensors.items():
-            if isinstance(degree, bool) or not isinstance(degree, Integral) or not 0 <= degree <= MAX_DEGREE:
-                raise ValueError(f"`tensors` keys must be degrees in [0, {MAX_DEGREE}], got {degree!r}")
+            _check_degree(degree)
             check_shape(f"tensors[{degree}]", tensor, (dim,) * int(degree))
             check_finite(f"tensors[{degree}]", tensor)
             checked[int(degree)] = symmetrize(jnp.asarray(tensor, dtype=float), dim)
