@@ -7,7 +7,8 @@ the six stages, the error estimate and the step-size controller) is unrolled int
 scalar arithmetic, with the link's structural zeros dropped when its tensors are
 known at trace time. Under `jax.vmap` every scalar becomes one `(B,)` array with the
 batch as its only axis (a `custom_vmap` rule integrates the batch directly), so a
-batch of trajectories runs as one vectorised elementwise program, where
+batch of trajectories runs as one vectorised elementwise program (on a CPU over fewer
+lanes than trajectories, each lane taking the next trajectory when its own ends), where
 `vmap(diffeqsolve)` runs `B` copies of `(k, r)` matrix code (batched `dot`s and
 LAPACK calls on 2 × 2 matrices: the layout DESIGN §5a measured at ≈ 16× a SciPy loop).
 
@@ -31,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._checks import check_range, is_concrete
+from ._checks import check_int, check_range, is_concrete
 from ._overlap import principal_cosines
 from ._reduced import AbstractProblem, Planted, TwoTimescale
 
@@ -71,17 +72,24 @@ class Rodas4(eqx.Module):
 
     **Fields:** `rtol`, `atol`: the error control's tolerances (`None`: the
     defaults of the dtype, `(1e-9, 1e-12)` in float64); an error is measured as
-    `rms(err_i / (atol + rtol·max(|y_i|, |y1_i|)))`.
+    `rms(err_i / (atol + rtol·max(|y_i|, |y1_i|)))`. `lanes`: how many trajectories
+    of a vmapped batch are integrated at once (`None`: on a CPU all of them up to 256,
+    else a sixteenth of the batch, at least 256; on an accelerator all of them; at
+    least 2); a lane whose trajectory ended takes the next one. It changes the speed
+    only: each trajectory's result is bitwise the same.
     """
 
     rtol: Float[Array, ""] | float | None = None
     atol: Float[Array, ""] | float | None = None
+    lanes: int | None = eqx.field(default=None, static=True)
 
     def __check_init__(self):
         for name in ("rtol", "atol"):
             value = getattr(self, name)
             if value is not None:
                 check_range(name, value, low=0.0, low_open=True)
+        if self.lanes is not None:
+            check_int("lanes", self.lanes, 2)
 
 
 # --- scalar algebra (Python floats for known values, `0.0` dropped) -----------------
@@ -339,15 +347,20 @@ def gram_eigenvalues(y: tuple, k: int, r: int) -> list:
 
 
 class _State(eqx.Module):
-    """The loop state of a batch: every field has a leading batch axis `B` (tuples hold
-    one `(B,)` array per scalar)."""
+    """The loop state of the lanes: every field has a leading lane axis `L` (tuples hold
+    one `(L,)` array per scalar). A lane integrates one trajectory (`job`) at a time."""
 
+    job: Array  # the trajectory (index into the batch) the lane integrates; `B` when idle
+    problem: object  # the array leaves of the job's problem
+    rtol: Array
+    atol: Array
+    minimum: Array
+    tolerance: Array
     t: Array
     y: tuple
     fy: tuple
     h: Array
     next_save: Array  # the index of the save time each trajectory's step heads for
-    saves: Array  # (B, num_saves, k·r), nan until reached
     num_steps: Array
     failed: Array
     done: Array
@@ -359,56 +372,105 @@ class _State(eqx.Module):
     last_h: Array  # the size of the last accepted step
 
 
-def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_state, entries):
+class _Results(eqx.Module):
+    """Per trajectory (leading batch axis `B`): what a lane leaves when its job ends."""
+
+    saves: Array  # (B, S, k·r), nan until reached; written at every save
+    y: Array  # (B, k·r): the final state
+    next_save: Array
+    num_steps: Array
+    failed: Array
+    done: Array
+    crossed: Array  # (B, p)
+    t0: Array
+    t1: Array
+    dense: Array  # (B, 4, p, k·r)
+
+
+def default_lanes(batch: int) -> int:
+    """How many trajectories of a batch of `batch` are integrated at once. On a CPU: all
+    of them up to 256, else a sixteenth of them (at least 256): a lane whose trajectory
+    ended takes the next one, so the batch does not run in lock-step to its slowest
+    trajectory (≈ 1.6× the median number of steps in `benchmarks/reduced_vs_scipy.py`);
+    1.25× the trajectories per second at `B = 4096` on one core. On an accelerator: all
+    of them (it needs the parallelism more than it loses to the lock-step)."""
+    if jax.default_backend() != "cpu":
+        return batch
+    return min(batch, max(256, batch // 16))
+
+
+def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_state, entries, lanes=None):
     """Integrate a batch: `problem`'s leaves, `overlap0` `(B, k, r)`, `ts` `(B, S)` and
-    `rtol`, `atol` `(B,)` all carry the batch axis. One `while_loop` of steps runs as
-    long as the slowest trajectory needs; each trajectory has its own step size and
-    next save time, and a finished one is masked. Saves are written by a scatter that
-    drops the rows of trajectories without a save this step, so the `(B, S, k·r)` buffer
-    is updated in place (a `vmap`ped loop would select over all of it every step)."""
+    `rtol`, `atol` `(B,)` all carry the batch axis.
+
+    `L = lanes` trajectories (default `default_lanes(B)`) are integrated at once, each
+    with its own step size and next save time, in one `while_loop` of steps. When at
+    least `L / 8` lanes have finished (and trajectories are left), a `cond` writes their
+    results out and loads the next trajectories into them. A trajectory's arithmetic is
+    elementwise over the lanes, so its result does not depend on `L` or on its lane.
+    Saves are written by a scatter that drops the rows of lanes without a save this
+    step, so the `(B, S, k·r)` buffer is updated in place."""
     from ._integrate import ESCAPE_THRESHOLD, default_tolerances
 
     dtype = ts.dtype
     batch, k, r = overlap0.shape
     n, p = k * r, min(k, r)
     num_saves = ts.shape[1]
+    num_lanes = default_lanes(batch) if lanes is None else min(lanes, batch)
+    refill_at = max(1, num_lanes // 8)
     _, default_atol = default_tolerances(dtype)
     eps = float(jnp.finfo(dtype).eps)
-    scalar = _ScalarProblem(problem, k, r, entries, batched=True)
-    rows = jnp.arange(batch)
+    dynamic, static = eqx.partition(problem, eqx.is_array)
 
-    def field(y):
-        return tuple(jnp.broadcast_to(jnp.asarray(v, dtype), y[0].shape) for v in scalar.vector_field(y))
+    def functions(dyn):
+        scalar = _ScalarProblem(eqx.combine(dyn, static), k, r, entries, batched=True)
 
-    def loss(y):
-        return jnp.broadcast_to(jnp.asarray(scalar.loss(y), dtype), y[0].shape)
+        def field(y):
+            return tuple(jnp.broadcast_to(jnp.asarray(v, dtype), y[0].shape) for v in scalar.vector_field(y))
+
+        def loss(y):
+            return jnp.broadcast_to(jnp.asarray(scalar.loss(y), dtype), y[0].shape)
+
+        return scalar, field, loss
 
     floor = lambda t: 8 * eps * jnp.maximum(jnp.abs(t), 1.0)
-    minimum = jax.vmap(lambda pr: pr.minimum())(problem)
-    tolerance = default_atol + 16 * eps * jnp.maximum(jax.vmap(lambda pr: pr.link.norm2())(problem), 1.0)
     threshold2 = ESCAPE_THRESHOLD**2
-
     start_finite = jnp.isfinite(overlap0).all(axis=(1, 2))
     start = jnp.where(start_finite[:, None, None], overlap0, 0.0).reshape(batch, n)
-    y0 = tuple(start[:, i] for i in range(n))
-    zeros = tuple(jnp.zeros(batch, dtype) for _ in range(n))
-    state = _State(
-        t=ts[:, 0],
-        y=y0,
-        fy=field(y0),
-        h=ts[:, 1] - ts[:, 0],
-        next_save=jnp.ones(batch, int),
-        saves=jnp.full((batch, num_saves, n), jnp.nan, dtype).at[:, 0].set(start),
-        num_steps=jnp.zeros(batch, int),
-        failed=~start_finite,
-        done=jnp.zeros(batch, bool),
-        crossed=tuple(e >= threshold2 for e in gram_eigenvalues(y0, k, r)),
-        cross_t0=(ts[:, 0],) * p,
-        cross_t1=(ts[:, 0],) * p,
-        dense=((zeros,) * 4,) * p,
-        pending=(jnp.zeros(batch, bool),) * p,
-        last_h=jnp.zeros(batch, dtype),
-    )
+    pick = lambda flag, new, old: tuple(jnp.where(flag, a, b) for a, b in zip(new, old, strict=True))
+
+    def fresh(job) -> _State:
+        """Lanes starting trajectories `job` (`B`: idle, holding trajectory `B − 1`)."""
+        row = jnp.minimum(job, batch - 1)
+        dyn = jax.tree.map(lambda leaf: leaf[row], dynamic)
+        lane_problem = eqx.combine(dyn, static)
+        _, field, _ = functions(dyn)
+        y0 = tuple(start[row, i] for i in range(n))
+        zeros = tuple(jnp.zeros(len(job), dtype) for _ in range(n))
+        t0 = ts[row, 0]
+        norm2 = jax.vmap(lambda pr: pr.link.norm2())(lane_problem)
+        return _State(
+            job=job,
+            problem=dyn,
+            rtol=rtol[row],
+            atol=atol[row],
+            minimum=jax.vmap(lambda pr: pr.minimum())(lane_problem),
+            tolerance=default_atol + 16 * eps * jnp.maximum(norm2, 1.0),
+            t=t0,
+            y=y0,
+            fy=field(y0),
+            h=ts[row, 1] - t0,
+            next_save=jnp.ones(len(job), int),
+            num_steps=jnp.zeros(len(job), int),
+            failed=~start_finite[row],
+            done=jnp.zeros(len(job), bool),
+            crossed=tuple(e >= threshold2 for e in gram_eigenvalues(y0, k, r)),
+            cross_t0=(t0,) * p,
+            cross_t1=(t0,) * p,
+            dense=((zeros,) * 4,) * p,
+            pending=(jnp.zeros(len(job), bool),) * p,
+            last_h=jnp.zeros(len(job), dtype),
+        )
 
     def record_ends(s: _State) -> tuple:
         """`dense` with the end point `(y1, k1)` of each crossing step of the last
@@ -416,25 +478,57 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
         loop's state one iteration later: selecting `y1`, `f1` inside the step would make
         XLA recompute the whole step in every select it fuses them into (≈ 20% of a step)."""
         y1, k1 = s.y, tuple(s.last_h * v for v in s.fy)
-        pick = lambda flag, new, old: tuple(jnp.where(flag, a, b) for a, b in zip(new, old, strict=True))
         return tuple(
             (y0, pick(flag, y1, old_y1), k0, pick(flag, k1, old_k1))
             for flag, (y0, old_y1, k0, old_k1) in zip(s.pending, s.dense, strict=True)
         )
 
     def running(s: _State):
-        return (s.next_save < num_saves) & ~s.done & ~s.failed & (s.num_steps < max_steps)
+        return (s.job < batch) & (s.next_save < num_saves) & ~s.done & ~s.failed & (s.num_steps < max_steps)
 
-    def attempt(s: _State) -> _State:
+    def flush(s: _State, out: _Results, lanes_done) -> _Results:
+        """Write the results of the lanes `lanes_done` (those with a job) out."""
+        row = jnp.where(lanes_done, s.job, batch)  # out of bounds: dropped
+        dense = record_ends(s)
+        values = dict(
+            y=jnp.stack(s.y, axis=-1),
+            next_save=s.next_save,
+            num_steps=s.num_steps,
+            failed=s.failed,
+            done=s.done,
+            crossed=jnp.stack(s.crossed, axis=-1),
+            t0=jnp.stack(s.cross_t0, axis=-1),
+            t1=jnp.stack(s.cross_t1, axis=-1),
+            dense=jnp.stack([jnp.stack([jnp.stack(dense[i][j], axis=-1) for i in range(p)], 1) for j in range(4)], 1),
+        )
+        return eqx.tree_at(
+            lambda o: [getattr(o, name) for name in values],
+            out,
+            [getattr(out, name).at[row].set(value, mode="drop") for name, value in values.items()],
+        )
+
+    def refill(s: _State, out: _Results, next_job):
+        """Write out the finished lanes and load the next trajectories into them."""
+        idle = ~running(s)
+        out = flush(s, out, idle)
+        job = next_job + jnp.cumsum(idle) - 1
+        job = jnp.where(idle, jnp.where(job < batch, job, batch), s.job)
+        new = fresh(job)
+        s = jax.tree.map(lambda a, b: jnp.where(idle.reshape(-1, *([1] * (a.ndim - 1))), a, b), new, s)
+        return s, out, jnp.minimum(next_job + jnp.sum(idle), batch)
+
+    def attempt(s: _State, out: _Results) -> tuple[_State, _Results]:
+        _, field, loss = functions(s.problem)
         active = running(s)
-        target = jnp.take_along_axis(ts, jnp.minimum(s.next_save, num_saves - 1)[:, None], axis=1)[:, 0]
+        row = jnp.minimum(s.job, batch - 1)
+        target = ts[row, jnp.minimum(s.next_save, num_saves - 1)]
         remaining = target - s.t
         clipped = s.h >= remaining
         h = jnp.where(active, jnp.where(clipped, remaining, s.h), 1.0)
         y1, error = _rodas4_step(field, s.y, s.fy, h, _jacobian(field, s.y))
         f1 = field(y1)
         scaled = [
-            e / (atol + rtol * jnp.maximum(jnp.abs(a), jnp.abs(b))) for e, a, b in zip(error, s.y, y1, strict=True)
+            e / (s.atol + s.rtol * jnp.maximum(jnp.abs(a), jnp.abs(b))) for e, a, b in zip(error, s.y, y1, strict=True)
         ]
         norm = jnp.sqrt(sum(v * v for v in scaled) / n)
         finite = jnp.isfinite(norm)
@@ -447,57 +541,82 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
         proposal = jnp.where(accept, jnp.where(clipped, jnp.maximum(proposal, s.h), proposal), jnp.minimum(proposal, h))
         saved = accept & clipped
         t = jnp.where(accept, jnp.where(clipped, target, s.t + h), s.t)
-        keep = lambda new, old: tuple(jnp.where(accept, a, b) for a, b in zip(new, old, strict=True))
-        y, fy = keep(y1, s.y), keep(f1, s.fy)
-        # rows without a save this step point out of bounds and are dropped
+        y, fy = pick(accept, y1, s.y), pick(accept, f1, s.fy)
+        # lanes without a save this step point out of bounds and are dropped
         index = jnp.where(saved, s.next_save, num_saves)
-        saves = s.saves.at[rows, index].set(jnp.stack(y, axis=-1), mode="drop")
+        saves = out.saves.at[s.job, index].set(jnp.stack(y, axis=-1), mode="drop")
         eigenvalues = gram_eigenvalues(y1, k, r)
         new = [accept & ~c & (e >= threshold2) for c, e in zip(s.crossed, eigenvalues, strict=True)]
         y0, k0 = s.y, tuple(h * v for v in s.fy)
-        pick = lambda flag, new, old: tuple(jnp.where(flag, a, b) for a, b in zip(new, old, strict=True))
         dense = tuple(
             (pick(flag, y0, old_y0), y1_, pick(flag, k0, old_k0), k1_)
             for flag, (old_y0, y1_, old_k0, k1_) in zip(new, record_ends(s), strict=True)
         )
-        converged = steady_state & accept & (jnp.abs(loss(y1) - minimum) <= tolerance)
-        return _State(
-            t=t,
-            y=y,
-            fy=fy,
-            h=jnp.where(active, jnp.maximum(proposal, floor(t)), s.h),
-            next_save=s.next_save + saved,
-            saves=saves,
-            num_steps=s.num_steps + active,
-            failed=s.failed | (active & ~finite & at_floor),
-            done=s.done | converged,
-            crossed=tuple(c | f for c, f in zip(s.crossed, new, strict=True)),
-            cross_t0=tuple(jnp.where(f, s.t, v) for f, v in zip(new, s.cross_t0, strict=True)),
-            cross_t1=tuple(jnp.where(f, t, v) for f, v in zip(new, s.cross_t1, strict=True)),
-            dense=dense,
-            pending=tuple(new),
-            last_h=jnp.where(accept, h, s.last_h),
+        converged = steady_state & accept & (jnp.abs(loss(y1) - s.minimum) <= s.tolerance)
+        s = eqx.tree_at(
+            lambda s: (
+                (s.t, s.y, s.fy, s.h, s.next_save, s.num_steps, s.failed, s.done)
+                + (s.crossed, s.cross_t0, s.cross_t1, s.dense, s.pending, s.last_h)
+            ),
+            s,
+            (
+                t,
+                y,
+                fy,
+                jnp.where(active, jnp.maximum(proposal, floor(t)), s.h),
+                s.next_save + saved,
+                s.num_steps + active,
+                s.failed | (active & ~finite & at_floor),
+                s.done | converged,
+                tuple(c | f for c, f in zip(s.crossed, new, strict=True)),
+                tuple(jnp.where(f, s.t, v) for f, v in zip(new, s.cross_t0, strict=True)),
+                tuple(jnp.where(f, t, v) for f, v in zip(new, s.cross_t1, strict=True)),
+                dense,
+                tuple(new),
+                jnp.where(accept, h, s.last_h),
+            ),
         )
+        return s, eqx.tree_at(lambda o: o.saves, out, saves)
 
-    state = jax.lax.while_loop(lambda s: jnp.any(running(s)), attempt, state)
-    state = eqx.tree_at(lambda s: s.dense, state, record_ends(state))
+    def body(carry):
+        s, out, next_job = attempt(*carry[:2]) + (carry[2],)
+        more = (next_job < batch) & (jnp.sum(~running(s)) >= refill_at)
+        return jax.lax.cond(more, refill, lambda *c: c, s, out, next_job)
+
+    out = _Results(
+        saves=jnp.full((batch, num_saves, n), jnp.nan, dtype).at[:, 0].set(start),
+        y=jnp.zeros((batch, n), dtype),
+        next_save=jnp.zeros(batch, int),
+        num_steps=jnp.zeros(batch, int),
+        failed=jnp.zeros(batch, bool),
+        done=jnp.zeros(batch, bool),
+        crossed=jnp.zeros((batch, p), bool),
+        t0=jnp.zeros((batch, p), dtype),
+        t1=jnp.zeros((batch, p), dtype),
+        dense=jnp.zeros((batch, 4, p, n), dtype),
+    )
+    state = fresh(jnp.arange(num_lanes))
+    carry = jax.lax.while_loop(
+        lambda c: jnp.any(running(c[0])) | (c[2] < batch), body, (state, out, jnp.asarray(num_lanes))
+    )
+    state, out, _ = carry
+    out = flush(state, out, state.job < batch)
     # after a steady-state stop, the saves past it hold the final state
-    rest = state.done[:, None] & (jnp.arange(num_saves)[None, :] >= state.next_save[:, None])
-    saves = jnp.where(rest[..., None], jnp.stack(state.y, axis=-1)[:, None, :], state.saves)
+    rest = out.done[:, None] & (jnp.arange(num_saves)[None, :] >= out.next_save[:, None])
+    saves = jnp.where(rest[..., None], out.y[:, None, :], out.saves)
+    scalar, _, loss = functions(dynamic)
     losses = loss(tuple(saves[..., i].T for i in range(n))).T if scalar.kind != "generic" else None
     return {
         "saves": jnp.where(start_finite[:, None, None], saves, jnp.nan),
         "losses": losses,
-        "num_steps": state.num_steps,
-        "failed": state.failed & start_finite,
-        "reached": (state.next_save >= num_saves) | state.done,
+        "num_steps": out.num_steps,
+        "failed": out.failed & start_finite,
+        "reached": (out.next_save >= num_saves) | out.done,
         "start_finite": start_finite,
-        "crossed": jnp.stack(state.crossed, axis=-1) & start_finite[:, None],
-        "t0": jnp.stack(state.cross_t0, axis=-1),
-        "t1": jnp.stack(state.cross_t1, axis=-1),
-        "dense": jnp.stack(
-            [jnp.stack([jnp.stack(state.dense[i][j], axis=-1) for i in range(p)], 1) for j in range(4)], 1
-        ),
+        "crossed": out.crossed & start_finite[:, None],
+        "t0": out.t0,
+        "t1": out.t1,
+        "dense": out.dense,
     }
 
 
@@ -517,7 +636,7 @@ def solve_rodas4(
     rtol = jnp.asarray(default_rtol if solver.rtol is None else solver.rtol, dtype)
     atol = jnp.asarray(default_atol if solver.atol is None else solver.atol, dtype)
     dynamic, static = eqx.partition(problem, eqx.is_array)
-    options = dict(max_steps=max_steps, steady_state=steady_state, entries=entries)
+    options = dict(max_steps=max_steps, steady_state=steady_state, entries=entries, lanes=solver.lanes)
 
     def batch_of(size, batched, *args):
         # A batch of one runs as a batch of two: XLA compiles a size-1 axis away, and the
