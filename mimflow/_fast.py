@@ -580,6 +580,8 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
 
     def body(carry):
         s, out, next_job = attempt(*carry[:2]) + (carry[2],)
+        if num_lanes == batch:  # every trajectory has its lane: no refill (and no `cond`)
+            return s, out, next_job
         more = (next_job < batch) & (jnp.sum(~running(s)) >= refill_at)
         return jax.lax.cond(more, refill, lambda *c: c, s, out, next_job)
 
