@@ -579,7 +579,8 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
         return s, eqx.tree_at(lambda o: o.saves, out, saves)
 
     def body(carry):
-        s, out, next_job = attempt(*carry[:2]) + (carry[2],)
+        s, out, next_job = carry
+        s, out = attempt(s, out)
         if num_lanes == batch:  # every trajectory has its lane: no refill (and no `cond`)
             return s, out, next_job
         more = (next_job < batch) & (jnp.sum(~running(s)) >= refill_at)

@@ -16,7 +16,7 @@ import jax.scipy.linalg as jsl
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_finite, check_int, check_key, check_range
-from ._hermite import hermite_1d, multi_indices
+from ._hermite import hermite_1d, hermite_basis
 
 
 def _jitter(dtype: jnp.dtype) -> float:
@@ -120,6 +120,13 @@ class ArcCosine(AbstractKernel):
 # --- fitted link models ------------------------------------------------------------
 
 
+def _rowwise_value_and_grad(fn, z: Float[Array, "n r"]) -> tuple[Float[Array, " n"], Float[Array, "n r"]]:
+    """`fn(z)` and each row's gradient of a row-wise `fn: (n, r) → (n,)`, by one `vjp`
+    (rows are independent, so the pullback of ones gives each row's gradient)."""
+    values, pullback = jax.vjp(fn, z)
+    return values, pullback(jnp.ones_like(values))[0]
+
+
 class AbstractFittedLink(eqx.Module):
     """A fitted link `f̂: ℝ^r → ℝ`; `f̂(Z)` evaluates it on rows `Z` of shape `(n, r)`."""
 
@@ -128,9 +135,7 @@ class AbstractFittedLink(eqx.Module):
 
     def value_and_grad(self, z: Float[Array, "n r"]) -> tuple[Float[Array, " n"], Float[Array, "n r"]]:
         """`f̂(z_i)` and `∇f̂(z_i)` for each row."""
-        values, pullback = jax.vjp(self, z)
-        # rows are independent, so the pullback of ones gives each row's gradient
-        return values, pullback(jnp.ones_like(values))[0]
+        return _rowwise_value_and_grad(self, z)
 
 
 class KernelModel(AbstractFittedLink):
@@ -155,8 +160,7 @@ class AbstractFeatures(eqx.Module):
     ) -> tuple[Float[Array, " n"], Float[Array, "n r"]]:
         """`φ(z_i)ᵀθ` and its gradient in `z_i` for each row: by `vjp` here; the feature
         maps below override it with closed forms (one pass, no scatter in the pullback)."""
-        values, pullback = jax.vjp(lambda z: self(z) @ weights, z)
-        return values, pullback(jnp.ones_like(values))[0]
+        return _rowwise_value_and_grad(lambda z: self(z) @ weights, z)
 
 
 class FeatureModel(AbstractFittedLink):
@@ -220,17 +224,9 @@ class HermiteFeatureMap(AbstractFeatures):
         return self._design(hermite_1d(self.degree, z))
 
     def _design(self, table: Float[Array, "*batch r D+1"]) -> Float[Array, "*batch p"]:
-        """The columns `√(ρ^{|α|}) Π_i table[:, i, α_i]`, by static slices (a product of
-        `r` columns each: no gather)."""
-        columns = []
-        for j in range(self.degree + 1):
-            scale = jnp.sqrt(self.rho**j)
-            for alpha in multi_indices(self.dim, j):
-                column = table[..., 0, alpha[0]]
-                for i in range(1, self.dim):
-                    column = column * table[..., i, alpha[i]]
-                columns.append(scale * column)
-        return jnp.stack(columns, axis=-1)
+        """The columns `√(ρ^{|α|}) h_α` from a table of `h_k(z_i)` (or of derivatives)."""
+        columns = [jnp.sqrt(self.rho**j) * hermite_basis(self.dim, j, None, table) for j in range(self.degree + 1)]
+        return jnp.concatenate(columns, axis=-1)
 
     def value_and_grad(self, z, weights):
         # ∂h_α/∂z_i = √α_i h_{α_i − 1}(z_i) Π_{l≠i} h_{α_l}(z_l): the design on the table

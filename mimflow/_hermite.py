@@ -106,14 +106,30 @@ def symmetrize(tensor: Float[ArrayLike, "..."], dim: int) -> Float[Array, "..."]
 
 
 def hermite_basis(
-    dim: int, degree: int, z: Float[ArrayLike, "*batch dim"], table: Float[Array, "*batch dim D"] | None = None
+    dim: int, degree: int, z: Float[ArrayLike, "*batch dim"] | None, table: Float[Array, "*batch dim D"] | None = None
 ) -> Float[Array, "*batch count"]:
-    """`h_α(z)` for every `α` in `multi_indices(dim, degree)`; `table` optionally
-    holds `hermite_1d(D, z)` for some `D ≥ degree`, computed once by the caller."""
+    """`h_α(z)` for every `α` in `multi_indices(dim, degree)`: `Π_i table[..., i, α_i]`.
+    `table` optionally holds `hermite_1d(D, z)` for some `D ≥ degree`, computed once by
+    the caller (then `z` may be `None`); any table laid out alike works, e.g. one with a
+    row of derivatives `h_k′` for a gradient."""
     if table is None:
         table = hermite_1d(degree, z)
     alphas = multi_indices(dim, degree)
-    return jnp.prod(table[..., np.arange(dim, dtype=np.int32)[None, :], alphas], axis=-1)
+    if alphas.size > _UNROLL:  # one gather (a product of slices per column would be a huge program)
+        return jnp.prod(table[..., np.arange(dim, dtype=np.int32)[None, :], alphas], axis=-1)
+    # a product of static slices per column: one fused elementwise program, whose
+    # derivative needs no scatter (the gather's pullback)
+    columns = []
+    for alpha in alphas:
+        column = table[..., 0, alpha[0]]
+        for i in range(1, dim):
+            column = column * table[..., i, alpha[i]]
+        columns.append(column)
+    return jnp.stack(columns, axis=-1)
+
+
+_UNROLL = 4096
+"""`hermite_basis` builds columns from static slices up to this many index entries."""
 
 
 def evaluate_coefficients(
