@@ -141,6 +141,18 @@ def test_hermite_1d_batch_shape():
     np.testing.assert_allclose(values[..., 3], h_np(3, x), rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("dim, degree", [(2, 3), (4, 20)])  # static slices; the gather (> 4096 entries)
+def test_hermite_basis_is_the_product_of_1d_polynomials(dim, degree):
+    """`h_α(z) = Π_i h_{α_i}(z_i)` against NumPy's `He_n / √n!` for every multi-index."""
+    from mimflow._hermite import hermite_basis, multi_indices
+
+    z = np.random.default_rng(2).standard_normal((5, dim))
+    alphas = multi_indices(dim, degree)
+    values = np.asarray(jax.jit(hermite_basis, static_argnums=(0, 1))(dim, degree, jnp.asarray(z)))
+    expected = np.stack([np.prod([h_np(a, z[:, i]) for i, a in enumerate(alpha)], axis=0) for alpha in alphas], -1)
+    np.testing.assert_allclose(values, expected, rtol=1e-11, atol=1e-11)
+
+
 def test_hermite_1d_orthonormal():
     degree = 20
     nodes, weights = hermite_e.hermegauss(30)  # exact for degree ≤ 59 ≥ 2·20
