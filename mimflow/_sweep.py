@@ -80,18 +80,24 @@ def _points(axes: Mapping[str, np.ndarray | list[Link]], flat_index: np.ndarray)
     return points
 
 
-def grid_points(axes: Axes) -> dict[str, Array | Link]:
+def grid_points(axes: Axes, experiment: AbstractExperiment | None = None) -> dict[str, Array | Link]:
     """The points of the grid `axes` (the Cartesian product, last axis fastest) as a dict
     of arrays with one leading batch axis, ready for `jax.vmap(experiment)`: the
-    differentiable counterpart of `sweep`.
+    differentiable counterpart of `sweep`. Given the `experiment`, the axes also pass its
+    checks, as in `sweep` (axes it sweeps, values in its domain such as `d ≥ k + r`):
+    under `jax.vmap` the experiment sees traced values and cannot check them itself.
 
     **Example:**
     ```python
-    points = grid_points({"seed": range(8), "d": [1e3]})
+    points = grid_points({"seed": range(8), "d": [1e3]}, experiment)
     loss = lambda ridge: jax.vmap(experiment)({**points, "ridge": ridge + 0 * points["d"]}).loss[:, -1].mean()
     ```
     """
     checked = _check_axes(axes)
+    if experiment is not None:
+        if not isinstance(experiment, AbstractExperiment):
+            raise ValueError(f"`experiment` must be None or a mimflow experiment, got {type(experiment).__name__}")
+        experiment.check_axes(checked)
     return _points(checked, np.arange(math.prod(len(v) for v in checked.values())))
 
 

@@ -226,6 +226,11 @@ def test_grid_points_order():
     points = mimflow.grid_points({"seed": [4, 5], "d": [10.0, 20.0, 30.0]})
     np.testing.assert_array_equal(points["seed"], [4, 4, 4, 5, 5, 5])
     np.testing.assert_array_equal(points["d"], [10, 20, 30, 10, 20, 30])
+    # with the experiment's checks (passed here): the same points
+    experiment = mimflow.ReducedExperiment(LINK, jax.random.PRNGKey(0), 1.0)
+    points = mimflow.grid_points({"seed": [4, 5], "d": [10.0, 20.0, 30.0]}, experiment)
+    np.testing.assert_array_equal(points["seed"], [4, 4, 4, 5, 5, 5])
+    np.testing.assert_array_equal(points["d"], [10, 20, 30, 10, 20, 30])
 
 
 def test_plan_chunking_without_running():
