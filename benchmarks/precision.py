@@ -218,6 +218,7 @@ def run_catalogue(cases: list[dict], precision: str) -> list[dict]:
             "status": traj.status,
             "num_steps": traj.num_steps,
             "escape": escape,
+            "forced": traj.forced_error,
         }
         fields = {key: np.asarray(value) for key, value in fields.items()}
         offset = 0
@@ -253,16 +254,42 @@ def _max_rel(a: np.ndarray, b: np.ndarray) -> float | None:
     return float(np.max(np.abs(a - b) / np.where(b == 0, 1.0, np.abs(b))))
 
 
-def _silent(f64: dict, f32: dict) -> int:
-    """Runs that end in SUCCESS in both precisions where float32 is wrong all the same: an
-    escape found in one only or off by more than 1e-3, or a saved overlap off by more than 0.1."""
-    count = 0
-    for i in np.flatnonzero((f64["status"] == 0) & (f32["status"] == 0)):
+def _reached(status: np.ndarray) -> np.ndarray:
+    """`SUCCESS` or `TIME_UNRESOLVED`: the run reached `t1` (its saves are all there)."""
+    from mimflow import Status
+
+    return (status == Status.SUCCESS) | (status == Status.TIME_UNRESOLVED)
+
+
+def _wrong(f64: dict, f32: dict) -> np.ndarray:
+    """Per run, for runs that reached `t1` in both precisions (`False` elsewhere): float32
+    is wrong, with an escape found in one precision only or off by more than 1e-3, or a
+    saved overlap off by more than 0.1."""
+    wrong = np.zeros(len(f64["status"]), bool)
+    for i in np.flatnonzero(_reached(f64["status"]) & _reached(f32["status"])):
         e64, e32 = f64["escape"][i].astype(float), f32["escape"][i].astype(float)
-        wrong = np.any(np.isfinite(e64) != np.isfinite(e32)) or (_max_rel(e32, e64) or 0.0) > 1e-3
-        wrong = wrong or (_max_abs(f32["overlap"][i], f64["overlap"][i]) or 0.0) > 0.1
-        count += bool(wrong)
-    return count
+        bad = np.any(np.isfinite(e64) != np.isfinite(e32)) or (_max_rel(e32, e64) or 0.0) > 1e-3
+        wrong[i] = bad or (_max_abs(f32["overlap"][i], f64["overlap"][i]) or 0.0) > 0.1
+    return wrong
+
+
+def _forced(f64: dict, f32: dict) -> dict:
+    """Status against truth for float32 (runs that reached `t1` in both precisions), and
+    the forced-step error estimates (`Trajectory.forced_error`) on each side of the limit."""
+    from mimflow import Status
+
+    both = _reached(f64["status"]) & _reached(f32["status"])
+    wrong = _wrong(f64, f32)
+    flagged = f32["status"] == Status.TIME_UNRESOLVED
+    largest = lambda values: float(np.max(values, initial=0.0))
+    return {
+        "silent_float32": int(np.sum(wrong & ~flagged)),
+        "flagged_wrong_float32": int(np.sum(wrong & flagged)),
+        "flagged_right_float32": int(np.sum(both & ~wrong & flagged)),
+        "forced_max_right_float32": largest(f32["forced"][both & ~wrong]),
+        "forced_min_wrong_float32": _finite(np.min(f32["forced"][wrong], initial=np.inf)),
+        "forced_max_float64": largest(f64["forced"][_reached(f64["status"])]),
+    }
 
 
 def _max_abs(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -289,7 +316,7 @@ def compare(case: dict, f64: dict, f32: dict) -> dict:
         # the latest escape (its float64 time) that float32 also found, and the earliest it missed
         "resolved_up_to": _finite(np.max(e64, initial=-np.inf, where=np.isfinite(e64) & np.isfinite(e32))),
         "missed_from": _finite(np.min(e64, initial=np.inf, where=np.isfinite(e64) & ~np.isfinite(e32))),
-        "silent_float32": _silent(f64, f32),
+        **_forced(f64, f32),
         "escape_rel_err": _max_rel(e32, e64),
         "max_abs_singular_values": _max_abs(f32["singular_values"], f64["singular_values"]),
         "max_abs_loss": _max_abs(f32["loss"], f64["loss"]),
@@ -314,8 +341,9 @@ def markdown(rows: list[dict]) -> str:
     lines = [
         "| case | solver | d | escape (x64, median) | float32 status | float64 status | steps f32 / f64 "
         "| escape rel. err. f32 vs x64 | vs closed form f32 / x64 | max abs err. σ / loss / M "
-        "| f32 found escapes ≤ t / missed ≥ t | f32 SUCCESS but wrong |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| f32 found escapes ≤ t / missed ≥ t | f32 SUCCESS but wrong | f32 TIME_UNRESOLVED wrong / right "
+        "| forced-step error f32 right ≤ / wrong ≥ / x64 ≤ |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         escapes = " / ".join("never" if v is None else format(v, ".3g") for v in row["escape_median_float64"])
@@ -335,7 +363,9 @@ def markdown(rows: list[dict]) -> str:
             f"| {row['case']} | {row['solver']} | {row['d']:g} | {escapes} | {row['status_float32']} "
             f"| {row['status_float64']} | {row['steps_float32']:.0f} / {row['steps_float64']:.0f} | {error} "
             f"| {reference} | {absolute} | {_fmt(row['resolved_up_to'], '.2g')} / {_fmt(row['missed_from'], '.2g')} "
-            f"| {row['silent_float32']} |"
+            f"| {row['silent_float32']} | {row['flagged_wrong_float32']} / {row['flagged_right_float32']} "
+            f"| {_fmt(row['forced_max_right_float32'])} / {_fmt(row['forced_min_wrong_float32'])} "
+            f"/ {_fmt(row['forced_max_float64'])} |"
         )
     return "\n".join(lines)
 

@@ -370,6 +370,7 @@ class _State(eqx.Module):
     dense: tuple  # per singular value: (y0, y1, k0, k1), each a tuple of k·r arrays
     pending: tuple  # per singular value: crossed on the last step, its (y1, k1) not yet recorded
     last_h: Array  # the size of the last accepted step
+    forced2: Array  # the largest relative error estimate of a step forced at the time floor, squared
 
 
 class _Results(eqx.Module):
@@ -385,6 +386,7 @@ class _Results(eqx.Module):
     t0: Array
     t1: Array
     dense: Array  # (B, 4, p, k·r)
+    forced: Array  # squared (`_State.forced2`)
 
 
 def default_lanes(batch: int) -> int:
@@ -420,6 +422,7 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
     refill_at = max(1, num_lanes // 8)
     _, default_atol = default_tolerances(dtype)
     eps = float(jnp.finfo(dtype).eps)
+    tiny = float(jnp.finfo(dtype).tiny)
     dynamic, static = eqx.partition(problem, eqx.is_array)
 
     def functions(dyn):
@@ -470,6 +473,7 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
             dense=((zeros,) * 4,) * p,
             pending=(jnp.zeros(len(job), bool),) * p,
             last_h=jnp.zeros(len(job), dtype),
+            forced2=jnp.zeros(len(job), dtype),
         )
 
     def record_ends(s: _State) -> tuple:
@@ -500,6 +504,7 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
             t0=jnp.stack(s.cross_t0, axis=-1),
             t1=jnp.stack(s.cross_t1, axis=-1),
             dense=jnp.stack([jnp.stack([jnp.stack(dense[i][j], axis=-1) for i in range(p)], 1) for j in range(4)], 1),
+            forced=s.forced2,
         )
         return eqx.tree_at(
             lambda o: [getattr(o, name) for name in values],
@@ -536,6 +541,10 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
             finite = finite & jnp.isfinite(v)
         at_floor = h <= 1.5 * floor(s.t)
         accept = active & finite & ((norm <= 1.0) | at_floor)
+        forced = accept & (norm > 1.0)
+        # squared, relative to the state's size (the square root is taken once, at the end)
+        size2 = jnp.maximum(sum(v * v for v in s.y), sum(v * v for v in y1))
+        forced_error2 = sum(e * e for e in error) / jnp.maximum(size2, tiny)
         factor = jnp.where(finite, jnp.clip(jnp.sqrt(jnp.sqrt(norm)) / 0.9, 1 / 6, 5.0), 5.0)
         proposal = h / factor
         proposal = jnp.where(accept, jnp.where(clipped, jnp.maximum(proposal, s.h), proposal), jnp.minimum(proposal, h))
@@ -556,7 +565,7 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
         s = eqx.tree_at(
             lambda s: (
                 (s.t, s.y, s.fy, s.h, s.next_save, s.num_steps, s.failed, s.done)
-                + (s.crossed, s.cross_t0, s.cross_t1, s.dense, s.pending, s.last_h)
+                + (s.crossed, s.cross_t0, s.cross_t1, s.dense, s.pending, s.last_h, s.forced2)
             ),
             s,
             (
@@ -574,6 +583,7 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
                 dense,
                 tuple(new),
                 jnp.where(accept, h, s.last_h),
+                jnp.where(forced, jnp.maximum(s.forced2, forced_error2), s.forced2),
             ),
         )
         return s, eqx.tree_at(lambda o: o.saves, out, saves)
@@ -597,6 +607,7 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
         t0=jnp.zeros((batch, p), dtype),
         t1=jnp.zeros((batch, p), dtype),
         dense=jnp.zeros((batch, 4, p, n), dtype),
+        forced=jnp.zeros(batch, dtype),
     )
     state = fresh(jnp.arange(num_lanes))
     carry = jax.lax.while_loop(
@@ -620,6 +631,7 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, max_steps, steady_sta
         "t0": out.t0,
         "t1": out.t1,
         "dense": out.dense,
+        "forced": jnp.sqrt(out.forced),
     }
 
 
@@ -631,7 +643,7 @@ def solve_rodas4(
     code (see the module docstring). Under `jax.vmap` the batch is integrated by
     `_integrate_batch` directly (a `custom_vmap` rule), not by batching a one-trajectory
     loop; a single trajectory is a batch of one."""
-    from ._integrate import ESCAPE_THRESHOLD, CrossingSteps, Status, Trajectory, default_tolerances
+    from ._integrate import ESCAPE_THRESHOLD, FORCED_ERROR_LIMIT, CrossingSteps, Status, Trajectory, default_tolerances
 
     dtype = ts.dtype
     k, r = overlap0.shape
@@ -676,7 +688,13 @@ def solve_rodas4(
         ~raw["start_finite"] | (raw["reached"] & ~saved.all()),
         Status.NON_FINITE,
         jnp.where(
-            raw["failed"], Status.STEP_SIZE_COLLAPSED, jnp.where(raw["reached"], Status.SUCCESS, Status.MAX_STEPS)
+            raw["failed"],
+            Status.STEP_SIZE_COLLAPSED,
+            jnp.where(
+                raw["reached"],
+                jnp.where(raw["forced"] > FORCED_ERROR_LIMIT, Status.TIME_UNRESOLVED, Status.SUCCESS),
+                Status.MAX_STEPS,
+            ),
         ),
     )
     dense = dict(zip(("y0", "y1", "k0", "k1"), raw["dense"].reshape(4, -1, k, r), strict=True))
@@ -697,6 +715,7 @@ def solve_rodas4(
         num_steps=raw["num_steps"],
         problem=problem,
         crossings=crossings,
+        forced_error=raw["forced"],
     )
 
 

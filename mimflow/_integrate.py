@@ -33,6 +33,21 @@ class Status(enum.IntEnum):
     """The step size fell to its floor (a controller's `dtmin`, or `RelativeFloor`'s
     time resolution) and the step still failed: the solution blows up there or the
     implicit stage equations have no solution. Later saves hold `nan`."""
+    TIME_UNRESOLVED = 5
+    """Reached `t1`, but a step forced at the time floor (below it a step would not
+    advance `t`: `RelativeFloor`, README "Precision") had an error estimate above
+    `FORCED_ERROR_LIMIT`: something happened faster than the time variable resolves
+    there (typically an escape at `t ≫ 1/eps`), and the saves after it may be wrong.
+    They are kept; `Trajectory.forced_error` holds the estimate."""
+
+
+FORCED_ERROR_LIMIT = 1e-2
+"""The largest relative error estimate of a step forced at the time floor (the Euclidean
+norm of the step's error over that of the state, the larger of its two ends) that still
+counts as `Status.SUCCESS`. Relative, because near a saddle the overlap is small
+(`|m| ~ d^{−1/2}`): two float32 runs at `t ~ 10¹⁸` were thrown back from `m ≈ 6·10⁻⁴` by
+steps whose absolute error was only 4·10⁻³. Measured on `benchmarks/precision.py`'s
+catalogue: see the README's "Precision"."""
 
 
 class Trajectory(eqx.Module):
@@ -44,6 +59,9 @@ class Trajectory(eqx.Module):
     - `loss`: `(n,)` the population loss of the problem at `M(t)`.
     - `singular_values`: `(n, p)` singular values of `M(t)`, largest first.
     - `status`: `()` a `Status` code; `num_steps`: `()` accepted and rejected steps.
+    - `forced_error`: `()` the largest relative error estimate of a step accepted at the time
+      floor without error control (`0` when none; `Status.TIME_UNRESOLVED` above
+      `FORCED_ERROR_LIMIT`), or `None` where the controller does not record it.
     - `train_loss`, `test_loss`: `(n,)` the empirical objective on the flow's data and
       the loss on a held-out set (d-dimensional flows, `simulate`; else `None`).
     - `problem`: the reduced problem that produced the trajectory, used by
@@ -64,6 +82,7 @@ class Trajectory(eqx.Module):
     test_loss: Float[Array, " n"] | None = None
     problem: AbstractProblem | None = None
     crossings: "CrossingSteps | None" = None
+    forced_error: Float[Array, ""] | None = None
 
     @property
     def succeeded(self) -> jax.Array:
@@ -135,7 +154,9 @@ class RelativeFloor(diffrax.AbstractAdaptiveStepSizeController):
     """Wraps an adaptive controller so that no step is shorter than
     `factor · eps · max(|t|, 1)`: a step the inner controller rejects only for being
     too long is accepted once it is at that floor (if the solver succeeded, and without
-    error control: see the README's "Precision"); a failed step near the floor is retried
+    error control: see the README's "Precision"; the largest relative error estimate of such a step
+    is kept in the controller state, `forced_error`, and above `FORCED_ERROR_LIMIT` the
+    run ends `Status.TIME_UNRESOLVED`); a failed step near the floor is retried
     at the floor itself, and a step of the floor's length that fails ends the solve with
     `dt_min_reached` (`Status.STEP_SIZE_COLLAPSED`).
 
@@ -169,15 +190,22 @@ class RelativeFloor(diffrax.AbstractAdaptiveStepSizeController):
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         next_t1, state = self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
-        return jnp.maximum(next_t1, t0 + self._floor(t0)), state
+        # the state also carries the largest error estimate of a forced step (`forced_error`)
+        worst = jnp.zeros((), jnp.result_type(*jax.tree.leaves(y0)))
+        return jnp.maximum(next_t1, t0 + self._floor(t0)), (state, worst)
 
     def adapt_step_size(self, t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state):
+        inner_state, worst = controller_state
         keep, next_t0, next_t1, made_jump, state, result = self.controller.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
+            t0, t1, y0, y1_candidate, args, y_error, error_order, inner_state
         )
         solved = jnp.all(jnp.stack([jnp.all(jnp.isfinite(e)) for e in jax.tree.leaves(y_error)]))
         at_floor = ~keep & (t1 - t0 <= 1.5 * self._floor(t0))
         forced = at_floor & solved
+        size = lambda tree: jnp.sqrt(sum(jnp.sum(jnp.square(e)) for e in jax.tree.leaves(tree)))
+        error = size(y_error)
+        error = jnp.where(error > 0, error / jnp.maximum(size(y0), size(y1_candidate)), 0.0)
+        worst = jnp.where(forced, jnp.maximum(worst, error.astype(worst.dtype)), worst)
         next_t0 = jnp.where(forced, t1, next_t0)
         next_t1 = jnp.where(forced, t1 + (t1 - t0), next_t1)
         next_t1 = jnp.maximum(next_t1, next_t0 + self._floor(next_t0))
@@ -187,7 +215,18 @@ class RelativeFloor(diffrax.AbstractAdaptiveStepSizeController):
         # than spend the step budget there. (`t1 − t0` rounds to within 1/8 of the floor.)
         minimal = t1 - t0 <= 1.25 * self._floor(t0)
         result = diffrax.RESULTS.where(at_floor & minimal & ~solved, diffrax.RESULTS.dt_min_reached, result)
-        return keep | forced, next_t0, next_t1, made_jump, state, result
+        return keep | forced, next_t0, next_t1, made_jump, (state, worst), result
+
+
+def forced_error(controller: diffrax.AbstractStepSizeController, state: PyTree) -> Array | None:
+    """The largest relative error estimate of a step that a `RelativeFloor` (`controller`, or inside
+    a `ClipStepSizeController`) forced at its floor, from its final `state`; `None` for
+    other controllers."""
+    if isinstance(controller, diffrax.ClipStepSizeController):
+        return forced_error(controller.controller, state.inner_state)
+    if isinstance(controller, RelativeFloor):
+        return state[1]
+    return None
 
 
 def default_controller(
@@ -342,10 +381,13 @@ def _term() -> diffrax.ODETerm:
     return diffrax.ODETerm(lambda t, y, problem: problem.vector_field(y))
 
 
-def _status(result: diffrax.RESULTS, finite: Array) -> Array:
+def _status(result: diffrax.RESULTS, finite: Array, forced: Array | None = None) -> Array:
+    """The `Status` of a solve from diffrax's `result`, whether its saves are `finite`,
+    and the largest error of a step forced at the time floor (`forced_error`)."""
+    unresolved = False if forced is None else forced > FORCED_ERROR_LIMIT
     code = jnp.where(
         (result == diffrax.RESULTS.successful) | (result == diffrax.RESULTS.event_occurred),
-        Status.SUCCESS,
+        jnp.where(unresolved, Status.TIME_UNRESOLVED, Status.SUCCESS),
         jnp.where(
             result == diffrax.RESULTS.max_steps_reached,
             Status.MAX_STEPS,
@@ -383,7 +425,9 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
         # iterations would otherwise couple it to the rest of the batch
         jnp.where(start_finite, overlap0, 0.0),
         args=problem,
-        saveat=diffrax.SaveAt(subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)], solver_state=True),
+        saveat=diffrax.SaveAt(
+            subs=[diffrax.SubSaveAt(ts=ts), diffrax.SubSaveAt(t1=True)], solver_state=True, controller_state=True
+        ),
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,
         adjoint=adjoint,
@@ -401,15 +445,17 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
     singular = jnp.where(saved[:, None], principal_cosines(safe), jnp.nan)
     reached = (sol.result == diffrax.RESULTS.successful) | stopped
     finite = jnp.where(reached, saved.all(), True) & start_finite
+    forced = forced_error(stepsize_controller, sol.controller_state)
     return Trajectory(
         ts=ts,
         overlap=overlap,
         loss=loss,
         singular_values=singular,
-        status=_status(sol.result, finite),
+        status=_status(sol.result, finite, forced),
         num_steps=sol.stats["num_steps"],
         problem=problem,
         crossings=sol.solver_state[1],
+        forced_error=forced,
     )
 
 

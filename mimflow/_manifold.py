@@ -15,6 +15,7 @@ from ._integrate import (
     check_controls,
     check_time_grid,
     default_controller,
+    forced_error,
     save_times,
 )
 from ._overlap import principal_cosines
@@ -82,7 +83,7 @@ def _solve(flow, W0, ts, solver, stepsize_controller, dt0, max_steps, test) -> T
         dt0,
         W0,
         args=flow,
-        saveat=diffrax.SaveAt(ts=ts, fn=summary),
+        saveat=diffrax.SaveAt(ts=ts, fn=summary, controller_state=True),
         stepsize_controller=stepsize_controller,
         max_steps=max_steps,
         throw=False,
@@ -91,15 +92,18 @@ def _solve(flow, W0, ts, solver, stepsize_controller, dt0, max_steps, test) -> T
     saved = jnp.isfinite(overlap).all(axis=(-1, -2)) & jnp.isfinite(ts)
     mask = lambda x: jnp.where(saved.reshape(saved.shape + (1,) * (x.ndim - 1)), x, jnp.nan)
     reached = sol.result == diffrax.RESULTS.successful
+    # relative to `‖W‖ = √r` (orthonormal columns)
+    forced = forced_error(stepsize_controller, sol.controller_state)
     return Trajectory(
         ts=ts,
         overlap=mask(overlap),
         loss=mask(loss),
         singular_values=mask(principal_cosines(jnp.where(saved[:, None, None], overlap, 0.0))),
-        status=_status(sol.result, jnp.where(reached, saved.all(), True) & jnp.isfinite(W0).all()),
+        status=_status(sol.result, jnp.where(reached, saved.all(), True) & jnp.isfinite(W0).all(), forced),
         num_steps=sol.stats["num_steps"],
         train_loss=mask(train_loss),
         test_loss=mask(test_loss),
+        forced_error=forced,
     )
 
 

@@ -58,21 +58,52 @@ WORKER = textwrap.dedent(
     out.update(float_dtypes=sorted(floats), status=np.asarray(traj.status).tolist(),
                escape=np.asarray(escape[:, 0], dtype=float).tolist(),
                final=np.asarray(traj.singular_values[:, -1, 0], dtype=float).tolist())
+    # late h4 escapes with Rodas4, whose steps are forced at the time floor
+    late, late_t1 = np.asarray(json.loads(sys.argv[3])), np.asarray(json.loads(sys.argv[4]))
+    def late_one(M0, t1):
+        traj = mimflow.simulate_reduced(links.hermite(4), M0, t1, num_saves=48, solver=mimflow.Rodas4())
+        return traj, mimflow.escape_times(traj)
+    traj, escape = eqx.filter_jit(jax.vmap(late_one))(late.reshape(-1, 1, 1), late_t1)
+    out.update(late_status=np.asarray(traj.status).tolist(), late_escape=np.asarray(escape[:, 0], float).tolist(),
+               late_final=np.asarray(traj.overlap[:, -1, 0, 0], float).tolist(),
+               late_forced=np.asarray(traj.forced_error, float).tolist())
     print(json.dumps(out))
     """
 )
 
 
+def _start(s, escape):
+    """The `m0` whose closed-form `h_s` escape time is `escape` (bisection)."""
+    lo, hi = 1e-8, 0.4
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if closed_form_escape(s, mid) > escape else (lo, mid)
+    return lo
+
+
+# h4 escapes at 10⁵ … 10¹⁰: float32 time resolves steps of 0.1 … 10⁴ there, the escape lasts O(1)
+LATE = [_start(4, t) for t in np.logspace(5, 10, 16)]
+
+
 @pytest.fixture(scope="module")
 def float32_run():
     expected = [closed_form_escape(s, m0) for s, m0 in CASES]
+    late_expected = [closed_form_escape(4, m0) for m0 in LATE]
     env = {
         **os.environ,
         "JAX_ENABLE_X64": "0",
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     }
     process = subprocess.run(
-        [sys.executable, "-c", WORKER, json.dumps(CASES), json.dumps([4 * t for t in expected])],
+        [
+            sys.executable,
+            "-c",
+            WORKER,
+            json.dumps(CASES),
+            json.dumps([4 * t for t in expected]),
+            json.dumps(LATE),
+            json.dumps([4 * t for t in late_expected]),
+        ],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -80,7 +111,9 @@ def float32_run():
         timeout=300,
     )
     assert process.returncode == 0, process.stderr
-    return json.loads(process.stdout.strip().splitlines()[-1]), np.array(expected)
+    out = json.loads(process.stdout.strip().splitlines()[-1])
+    out["late_expected"] = late_expected
+    return out, np.array(expected)
 
 
 def test_float32_end_to_end(float32_run):
@@ -96,6 +129,23 @@ def test_float32_escape_times_within_documented_bounds(float32_run):
     assert out["status"] == [0] * len(CASES)
     np.testing.assert_allclose(out["escape"], expected, rtol=BOUND["default"])
     np.testing.assert_allclose(out["final"], 1.0, atol=1e-5)  # learned by 4× the escape time
+
+
+def test_float32_late_escapes_never_end_in_a_silent_success(float32_run):
+    """Past float32's time resolution (README "Precision"): a run that ends in SUCCESS has the
+    closed-form escape time and its overlap at +1 (the flow keeps m > 0); the others end
+    STEP_SIZE_COLLAPSED, or TIME_UNRESOLVED with a forced step's error above the limit.
+    Before that status, a start escaping at 10⁹ ended in SUCCESS with the overlap at −1."""
+    out, _ = float32_run
+    status, forced = np.array(out["late_status"]), np.array(out["late_forced"])
+    success, unresolved = status == 0, status == 5
+    assert 2 <= success.sum() < len(status) and unresolved.any()
+    np.testing.assert_allclose(
+        np.array(out["late_escape"])[success], np.array(out["late_expected"])[success], rtol=1e-3
+    )
+    np.testing.assert_allclose(np.array(out["late_final"])[success], 1.0, atol=1e-5)
+    assert (forced[unresolved] > 1e-2).all() and (forced[success] <= 1e-2).all()
+    assert set(status.tolist()) <= {0, 4, 5}
 
 
 def _write_config(path: Path, **fields) -> Path:

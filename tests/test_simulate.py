@@ -26,6 +26,7 @@ from scipy.integrate import quad, solve_ivp
 
 import mimflow
 from mimflow import Link, Status, links
+from mimflow._integrate import FORCED_ERROR_LIMIT
 
 # --------------------------------------------------------------------------------------
 # Independent oracles for the single-index flows (DESIGN §2–§3)
@@ -653,6 +654,50 @@ def test_late_escape_after_a_learned_direction_and_steady_state_stop():
     tail = np.asarray(traj.ts) > 2 * expected[1]
     np.testing.assert_allclose(np.asarray(traj.singular_values)[tail], 1.0, atol=1e-9)
     np.testing.assert_allclose(np.asarray(traj.loss)[tail], 0.0, atol=1e-10)
+
+
+# A start from benchmarks/precision.py's catalogue (h4 at d = 10⁵, seed 2): its escape at
+# 5.8·10¹⁴, over which Rodas4's steps are forced at the time floor, ended in SUCCESS with
+# the overlap at −1 instead of +1 before `Status.TIME_UNRESOLVED` existed.
+FLIPPED_START = 0.0020393954948952553
+
+
+def _h4_start(escape):
+    """The `m0` whose h4 escape time is `escape` (bisection on the closed form)."""
+    lo, hi = 1e-6, 0.4
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        lo, hi = (mid, hi) if _h4_crossing(mid) > escape else (lo, mid)
+    return lo
+
+
+@pytest.mark.parametrize("solver", ["rodas4", "default"])
+def test_steps_forced_over_late_escapes_never_end_in_a_silent_success(solver):
+    """h4 single index from starts whose closed-form escapes span 10¹³ … 3·10¹⁶, where
+    float64 time resolves only steps of 0.02 … 50 while the escape lasts O(1): every run
+    that ends in SUCCESS has the closed-form escape time and its overlap at +1 (the flow
+    keeps m > 0), and the runs flagged TIME_UNRESOLVED are those with a forced step's error
+    above the limit. The catalogue start that Rodas4 flipped to −1 is not a SUCCESS."""
+    escapes = np.logspace(13, 16.5, 8 if solver == "rodas4" else 4)
+    m0 = np.array([_h4_start(t) for t in escapes] + [FLIPPED_START])
+    expected = np.array([_h4_crossing(m) for m in m0])
+    choice = mimflow.Rodas4() if solver == "rodas4" else None
+
+    def one(m, t1):
+        traj = mimflow.simulate_reduced(links.hermite(4), m, t1, num_saves=48, solver=choice)
+        return traj, mimflow.escape_times(traj)
+
+    traj, escape = eqx.filter_jit(jax.vmap(one))(jnp.asarray(m0).reshape(-1, 1, 1), jnp.asarray(4 * expected))
+    status, forced = np.asarray(traj.status), np.asarray(traj.forced_error)
+    success = status == Status.SUCCESS
+    assert success.sum() >= 2 and (forced[success] > 0).any()  # forced steps within the limit exist
+    np.testing.assert_allclose(np.asarray(escape)[success, 0], expected[success], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(traj.overlap)[success, -1, 0, 0], 1.0, atol=1e-9)
+    reached = success | (status == Status.TIME_UNRESOLVED)
+    assert np.array_equal(status[reached] == Status.TIME_UNRESOLVED, forced[reached] > FORCED_ERROR_LIMIT)
+    if solver == "rodas4":
+        assert status[-1] == Status.TIME_UNRESOLVED
+        assert (status == Status.TIME_UNRESOLVED).sum() >= 2
 
 
 def _h2_time(alpha, m0, m):
