@@ -103,24 +103,24 @@ def test_divergent_fixed_step_element_of_a_flow_batch():
 def test_sweep_with_an_unreachable_tolerance_point():
     """A sweep over `rtol` where one point (seed 0 at 1e-14: 520 steps) cannot finish
     within a 300-step budget: that point ends `MAX_STEPS` with `nan` after its last
-    step; the others succeed and are what a sweep of each point alone gives, to rounding:
-    the default (Kvaerno5) path is batched by XLA into a program whose last bits depend on
-    the batch size (4 points here, 2 alone; measured 5e-15 relative on one CI machine, 0 on
-    another), so only the `Rodas4` and flow sweeps are bitwise (`test_sweeps_bitwise_...`)."""
+    step; the others succeed and are bitwise what a sweep of each point alone gives, and
+    what a larger grid (another compiled batch size) gives. With the default (Kvaerno5)
+    solver and `k·r = 1` that needs the reduced sweeps' chunks of a multiple of 16 points:
+    alone (a batch of 2) and in this grid (4) they differed by 5e-15 relative."""
     experiment = mimflow.ReducedExperiment(
         links.hermite(3), jax.random.PRNGKey(0), T1, d=50.0, num_saves=32, max_steps=300
     )
     results = mimflow.sweep(experiment, {"seed": [0, 1], "rtol": [1e-8, 1e-14]})
     np.testing.assert_array_equal(results.status.values, [[Status.SUCCESS, Status.MAX_STEPS], [Status.SUCCESS] * 2])
     assert np.isnan(results.loss.values[0, 1, -1]) and np.isfinite(results.loss.values[1]).all()
+    larger = mimflow.sweep(experiment, {"seed": [3, 0, 1, 2, 4, 5, 6, 7, 8], "rtol": [1e-14, 1e-8]})  # 18 points: 32
     for seed, rtol in ((0, 1e-8), (1, 1e-8), (1, 1e-14)):
         alone = mimflow.sweep(experiment, {"seed": [seed], "rtol": [rtol]})
         for name in alone.data_vars:
-            got, want = results[name].sel(seed=seed, rtol=rtol).values, alone[name].values[0, 0]
-            if name == "status":
+            want = alone[name].values[0, 0]
+            for other in (results, larger):
+                got = other[name].sel(seed=seed, rtol=rtol).values
                 np.testing.assert_array_equal(got, want, name)
-            else:
-                np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15, err_msg=name)
 
 
 def test_rodas4_runs_bitwise_alone_and_vmapped():
@@ -153,13 +153,15 @@ REPRODUCIBLE = textwrap.dedent(
     cases = {
         "population-flow": (mimflow.FlowExperiment(link, key, 15.0, d_max=10, num_saves=8), {"seed": [0, 1, 2], "d": [6, 10]}),
         "reduced-rodas4": (mimflow.ReducedExperiment(link, key, 1e3, num_saves=16, solver=mimflow.Rodas4()), reduced),
+        # the default solver with k·r = 1: bitwise through `_sweep._width`'s chunks of 16 points per device
+        "reduced-default": (mimflow.ReducedExperiment(links.hermite(3), key, 1e4, num_saves=16), reduced),
     }
     one = jax.devices()[:1]
     name = sys.argv[1]
     for experiment, axes in [cases[name]]:
         whole = mimflow.sweep(experiment, axes, devices=one)     # the grid in one vmapped call
         runs = {
-            "sharded": mimflow.sweep(experiment, axes),          # 6 points over 4 devices (2 each)
+            "sharded": mimflow.sweep(experiment, axes),          # 6 points over 4 devices
             "chunked": mimflow.sweep(experiment, axes, batch_size=2, devices=one),
         }
         for point in ({a: v[0] for a, v in axes.items()}, {a: v[-1] for a, v in axes.items()}):
@@ -183,13 +185,14 @@ REPRODUCIBLE = textwrap.dedent(
 
 @pytest.mark.parametrize(
     "case",
-    ["reduced-rodas4", pytest.param("population-flow", marks=pytest.mark.slow)],  # slow: 45 CPU-s, for CI time
+    ["reduced-rodas4", "reduced-default", pytest.param("population-flow", marks=pytest.mark.slow)],  # slow: 45 CPU-s
 )
 def test_sweeps_bitwise_alone_whole_chunked_sharded(case):
-    """On 4 forced host CPU devices, for the reduced ODE with `Rodas4` and a population flow:
-    a sweep's results are bitwise the same whether a point runs alone, with the whole grid in
-    one call, in chunks, or sharded over the devices (every device gets at least two points:
-    `_sweep._chunk_size`)."""
+    """On 4 forced host CPU devices, for the reduced ODE with `Rodas4` and with the default
+    solver, and a population flow: a sweep's results are bitwise the same whether a point
+    runs alone, with the whole grid in one call, in chunks, or sharded over the devices
+    (every device gets at least two points, `_sweep._chunk_size`, and a reduced sweep's a
+    multiple of 16, `_sweep._width`)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     command = [sys.executable, "-c", REPRODUCIBLE, case]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
