@@ -169,9 +169,10 @@ def _width(experiment: AbstractExperiment, batch_size: int, num_devices: int) ->
     """Points per compiled call for chunks of `batch_size` points: a reduced experiment's
     chunk is filled up to a multiple of 16 points per device. Its state is only `k·r`
     numbers per point, and XLA's CPU code rounds the points past the last full vector
-    register differently from the others (with `k·r = 1`, batches of 2, 5, 9, 13, 17 …
-    differed from batches of 16 in the last bits, and by a step count); with every point
-    in a full register, a point is bitwise the same alone, in any chunk and any grid."""
+    register differently from the others: scalar code, without the vector code's fused
+    multiply-adds (with `k·r = 1`, batches of 2, 5, 9, 13, 17 … differed from batches of
+    16 in the last bits, and by a step count). With every point in a full register, a
+    point is bitwise the same alone, in any chunk and any grid."""
     if not isinstance(experiment, ReducedExperiment):
         return batch_size
     per_device = batch_size // num_devices
