@@ -153,8 +153,9 @@ class Link(eqx.Module):
         degree = check_int("degree", degree, 0, MAX_DEGREE)
         if num_nodes is None:
             num_nodes = max(degree + 1, min(300, int(round(2 ** (20 / dim)))))
-        if not isinstance(num_nodes, Integral) or not degree + 1 <= num_nodes <= 300:
-            raise ValueError(f"`num_nodes` must be an integer in [degree + 1 = {degree + 1}, 300], got {num_nodes!r}")
+        num_nodes = check_int("num_nodes", num_nodes, 1, 300)
+        if num_nodes < degree + 1:
+            raise ValueError(f"`num_nodes` must be at least degree + 1 = {degree + 1}, got {num_nodes}")
         points, weights = (jnp.asarray(a) for a in gauss_hermite_grid(dim, num_nodes))
         shape = getattr(jax.eval_shape(fn, points[0]), "shape", None)
         if shape is None or np.prod(shape) != 1:

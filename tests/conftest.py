@@ -40,7 +40,7 @@ _FILE_COST = {
     "test_flows.py": 230,
     "test_notebooks.py": 190,
     "test_simulate.py": 180,
-    "test_reliability.py": 130,
+    "test_reliability.py": 190,
     "test_fast.py": 120,
     "test_sweep.py": 110,
     "test_notebook_05.py": 105,

@@ -95,6 +95,7 @@ LINKS = [
     ("from-function-dim", lambda: mf.Link.from_function(jnp.sum, 0, 2), ["`dim`", "0"]),
     ("from-function-degree", lambda: mf.Link.from_function(jnp.sum, 1, -1), ["`degree`", "-1"]),
     ("from-function-nodes", lambda: mf.Link.from_function(jnp.sum, 1, 4, num_nodes=2), ["`num_nodes`", "2"]),
+    ("from-function-nodes-bool", lambda: mf.Link.from_function(jnp.sum, 1, 0, num_nodes=True), ["`num_nodes`", "True"]),
     ("from-function-vector", lambda: mf.Link.from_function(lambda z: jnp.ones(2), 1, 2), ["`fn`", "(2,)"]),
     ("from-function-nan", lambda: mf.Link.from_function(lambda z: jnp.log(z[0]), 1, 2, 4), ["`fn", "nan"]),
     ("link-call-shape", lambda: ST2(np.zeros((5, 3))), ["`z`", "(5, 3)"]),
