@@ -113,7 +113,8 @@ def test_sweep_with_an_unreachable_tolerance_point():
     results = mimflow.sweep(experiment, {"seed": [0, 1], "rtol": [1e-8, 1e-14]})
     np.testing.assert_array_equal(results.status.values, [[Status.SUCCESS, Status.MAX_STEPS], [Status.SUCCESS] * 2])
     assert np.isnan(results.loss.values[0, 1, -1]) and np.isfinite(results.loss.values[1]).all()
-    larger = mimflow.sweep(experiment, {"seed": [3, 0, 1, 2, 4, 5, 6, 7, 8], "rtol": [1e-14, 1e-8]})  # 18 points: 32
+    # 18 points, compiled as one batch of 32 (`_sweep._width`), in another order
+    larger = mimflow.sweep(experiment, {"seed": [3, 0, 1, 2, 4, 5, 6, 7, 8], "rtol": [1e-14, 1e-8]})
     for seed, rtol in ((0, 1e-8), (1, 1e-8), (1, 1e-14)):
         alone = mimflow.sweep(experiment, {"seed": [seed], "rtol": [rtol]})
         for name in alone.data_vars:
