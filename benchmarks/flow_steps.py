@@ -5,8 +5,9 @@ Usage: python benchmarks/flow_steps.py [--smoke] [--out FILE.json] [--sizes cpu|
 
 One flow step is one right-hand side `TwoTimescaleFlow(target, fit, data).vector_field(t, W)`
 (`Z = X W`, the closed-form ridge fit on `Z`, the envelope gradient `Xᵀ(…)`, the tangent
-projection), jitted, at a Haar `W ∈ St(d, 2)`, for Hermite features and ReLU random features.
-Measured in the same run:
+projection), jitted, at a Haar `W ∈ St(d, 2)`, for Hermite features and ReLU random features,
+on the data as `simulate` passes them to the solver (on a CPU with a `(d, n)` copy of `X` for
+`Xᵀ(…)`, made once before the solve: `mimflow._flows._with_transpose`). Measured in the same run:
 
 - the memory bandwidth (the best of a jitted sum, copy and matrix-vector product over an
   array much larger than the caches), which sets the floor of a step, `2·n·d·bytes / bandwidth`
@@ -19,7 +20,8 @@ Measured in the same run:
 - B seeds (B starts `W`) sharing one dataset, `vmap`ped: the two big products become
   `(n × d)·(d × B r)` and `(d × n)·(n × B r)` matrix products; their flop/s is compared with the peak;
 - for comparison, the two big products alone (`X W` and `Xᵀ R`, one jitted call, for r and for
-  B r columns): how much of a step's time the rest (the fit, its gradient) takes.
+  B r columns, `Xᵀ R` from the same layout as the step's): how much of a step's time the rest
+  (the fit, its gradient) takes.
 
 Times are medians of repeated calls after a warm-up (`block_until_ready`); ratios are taken
 within one run. Nothing is asserted: misses are printed as measured.
@@ -138,6 +140,7 @@ from _common import git_state, write_json  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
+from mimflow._flows import _with_transpose  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPE = jnp.dtype(args.dtype)
@@ -222,9 +225,11 @@ def batched_step(flow, Ws):
 
 
 @jax.jit
-def products(X, W, R):
-    """The two big products of a step alone: `Z = X W` and `Xᵀ R` (`W`: d × m, `R`: n × m)."""
-    return X @ W, X.T @ R
+def products(data, W, R):
+    """The two big products of a step alone: `Z = X W` and `Xᵀ R` (`W`: d × m, `R`: n × m),
+    `Xᵀ R` from the `(d, n)` copy when the data carry one (as the step does)."""
+    XT = data.X.T if data._XT is None else data._XT
+    return data.X @ W, XT @ R
 
 
 def numpy_baseline(kind: str, fit: mimflow.AbstractFit, data: mimflow.Dataset, W) -> tuple[dict, np.ndarray]:
@@ -294,13 +299,13 @@ def main() -> dict:
         W = mimflow.haar_stiefel(key_w, d, R).astype(DTYPE)
         Ws = jax.vmap(lambda k, d=d: mimflow.haar_stiefel(k, d, R))(jax.random.split(key_ws, seeds)).astype(DTYPE)
         for n in grid_n:
-            data = target.sample(jax.random.fold_in(key_data, n), n)
+            data = _with_transpose(target.sample(jax.random.fold_in(key_data, n), n))
             floor = 2.0 * n * d * BYTES / bandwidth["bytes_per_s"]
             key_r = jax.random.fold_in(key_ws, n)
-            single_products = median_time(products, data.X, W, jax.random.normal(key_r, (n, R), DTYPE))
+            single_products = median_time(products, data, W, jax.random.normal(key_r, (n, R), DTYPE))
             batched_products = median_time(
                 products,
-                data.X,
+                data,
                 jnp.concatenate(list(Ws), axis=1),
                 jax.random.normal(key_r, (n, seeds * R), DTYPE),
             )

@@ -25,6 +25,8 @@ class Dataset(eqx.Module):
 
     X: Float[Array, "n d"]
     y: Float[Array, " n"]
+    # `X` transposed into its own `(d, n)` buffer, or None: see `_with_transpose`
+    _XT: Float[Array, "d n"] | None = eqx.field(repr=False)
 
     def __init__(self, X: Float[ArrayLike, "n d"], y: Float[ArrayLike, " n"]):
         check_finite("X", X)
@@ -32,7 +34,19 @@ class Dataset(eqx.Module):
         X, y = jnp.asarray(X, dtype=float), jnp.asarray(y, dtype=float)
         if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
             raise ValueError(f"need X of shape (n, d) and y of shape (n,) with the same n, got {X.shape} and {y.shape}")
-        self.X, self.y = X, y
+        self.X, self.y, self._XT = X, y, None
+
+
+def _with_transpose(data: "Data") -> "Data":
+    """`data` carrying a copy of `X` laid out as `(d, n)`, on a CPU, for the flow's
+    back-projection `Xᵀ R`: XLA's CPU dot reads a transposed row-major operand at about a
+    third of the memory bandwidth, a row-major `(d, n)` one near it (`Xᵀ R` 2–3× faster at
+    `n·d ≥ 2²²`; `benchmarks/RESULTS.md` §2). It costs a second copy of `X`, so it is made
+    once, outside the solver's loop (`simulate`), and not on accelerators, whose matrix
+    products take either layout at full speed. Other data come back unchanged."""
+    if not isinstance(data, Dataset) or data._XT is not None or jax.default_backend() != "cpu":
+        return data
+    return eqx.tree_at(lambda x: x._XT, data, jnp.transpose(data.X), is_leaf=lambda x: x is None)
 
 
 class Target(eqx.Module):
@@ -119,7 +133,8 @@ def _envelope_gradient(fitted: AbstractFittedLink, batch: Dataset, W: Float[Arra
     """`∇_W ½n⁻¹Σ(f̂(Wᵀx_i) − y_i)² = n⁻¹ Σ_i (f̂(z_i) − y_i) x_i ∇f̂(z_i)ᵀ` with `f̂` fixed:
     reads `X` twice (`Z = XW`, then `Xᵀ R`)."""
     values, grads = fitted.value_and_grad(batch.X @ W)
-    return batch.X.T @ ((values - batch.y)[:, None] * grads) / batch.y.shape[0]
+    XT = batch.X.T if batch._XT is None else batch._XT
+    return XT @ ((values - batch.y)[:, None] * grads) / batch.y.shape[0]
 
 
 class AbstractFlow(eqx.Module):

@@ -7,7 +7,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._flows import AbstractFlow, Dataset
+from ._flows import AbstractFlow, Dataset, _with_transpose
 from ._integrate import (
     Trajectory,
     _ForwardingSolver,
@@ -75,6 +75,8 @@ def _solve(flow, W0, ts, solver, stepsize_controller, dt0, max_steps, test) -> T
         values = flow.target.overlap(W), flow.loss(W), flow.train_loss(W, t), jnp.asarray(test_loss, W.dtype)
         return tuple(jnp.where(near, value, jnp.nan) for value in values)
 
+    # transposed once here, outside the loop, where XLA cannot fold it back into the products
+    flow = eqx.tree_at(lambda f: f.data, flow, _with_transpose(flow.data))
     sol = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, W, flow: flow.vector_field(t, W)),
         solver,

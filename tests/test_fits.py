@@ -28,6 +28,7 @@ from numpy.polynomial import hermite_e
 from scipy.integrate import quad
 
 import mimflow
+from mimflow._flows import _with_transpose
 
 # ---------------------------------------------------------------------------
 # Independent helpers (NumPy / SciPy only)
@@ -425,7 +426,9 @@ def library_gradients(flow, W):
         return fit.objective(fit.fit(Z, data.y), Z, data.y)
 
     values, grads = fit.fit(data.X @ W, data.y).value_and_grad(data.X @ W)
-    return values, grads, value(W), jax.grad(value)(W), flow.gradient(W)
+    # as `simulate` runs it: `Xᵀ R` from the `(d, n)` copy of X made outside the solver loop
+    transposed = eqx.tree_at(lambda f: f.data, flow, _with_transpose(flow.data))
+    return values, grads, value(W), jax.grad(value)(W), flow.gradient(W), transposed.gradient(W)
 
 
 def value_function_np(fit, X, y, W):
@@ -438,7 +441,8 @@ def test_envelope_gradient(name):
     """`n⁻¹ Σ (f̂(z_i) − y_i) x_i ∇f̂(z_i)ᵀ` (fit held fixed) equals the derivative of the
     value function `V̂(W)`: (a) `jax.grad` through the closed-form solve (1e-8 relative;
     the two agree up to the 1e-12 Cholesky jitter and round-off), (b)
-    `TwoTimescaleFlow.gradient` (the same), (c) central differences of the NumPy
+    `TwoTimescaleFlow.gradient` (the same, also from a `(d, n)` copy of X, the layout
+    `simulate` uses on a CPU), (c) central differences of the NumPy
     oracle's `V̂` along random unit directions E, to 1e-6·‖∇V̂‖. Step h = 1e-5:
     truncation h²·V'''/6 ≈ 1e-11; round-off ≈ eps·(largest term of V̂)/h, and the
     cubic-polynomial Gram entries reach 1e4, so ≲ 1e-7 (measured ≤ 3e-9 at h = 1e-5,
@@ -448,12 +452,13 @@ def test_envelope_gradient(name):
     fit = FITS[name]()
 
     flow = mimflow.TwoTimescaleFlow(target, fit, data)
-    values, grads, value, autodiff, flow_gradient = library_gradients(flow, jnp.asarray(W))
+    values, grads, value, autodiff, flow_gradient, transposed = library_gradients(flow, jnp.asarray(W))
     envelope = X.T @ ((np.asarray(values) - y)[:, None] * np.asarray(grads)) / N
     assert np.all(np.isfinite(envelope)), f"{name}: envelope gradient has NaN/inf"
     np.testing.assert_allclose(value, value_function_np(fit, X, y, W), rtol=1e-10)
     assert rel_error(envelope, autodiff) < 1e-8
     assert rel_error(flow_gradient, autodiff) < 1e-8
+    assert rel_error(transposed, autodiff) < 1e-8
 
     rng = np.random.default_rng(18)
     h = 1e-5
@@ -462,6 +467,29 @@ def test_envelope_gradient(name):
         E /= np.linalg.norm(E)
         fd = (value_function_np(fit, X, y, W + h * E) - value_function_np(fit, X, y, W - h * E)) / (2 * h)
         assert abs(np.sum(envelope * E) - fd) < 1e-6 * np.linalg.norm(envelope)
+
+
+def test_transposed_copy_of_X_only_for_datasets_on_cpu():
+    """`simulate`'s `(d, n)` copy of X (for the CPU back-projection `Xᵀ R`): the same
+    values as `X.T`, made once (a second call returns its input), for datasets on a CPU
+    only (on accelerators the data come back unchanged)."""
+    _, data, _ = problem()
+    assert data._XT is None and "_XT" not in repr(data)
+    transposed = _with_transpose(data)
+    if jax.default_backend() != "cpu":
+        assert transposed is data
+        return
+    np.testing.assert_array_equal(transposed._XT, np.asarray(data.X).T)
+    assert transposed.X is data.X and transposed.y is data.y
+    assert _with_transpose(transposed) is transposed
+    # the envelope gradient reads `Xᵀ R` from the copy when there is one
+    target, _, W = problem()
+    poisoned = eqx.tree_at(lambda d: d._XT, transposed, jnp.zeros_like(transposed._XT))
+    fit = mimflow.HermiteFeatures(2, ridge=1e-3)
+    assert jnp.any(mimflow.TwoTimescaleFlow(target, fit, transposed).gradient(jnp.asarray(W)) != 0)
+    assert jnp.all(mimflow.TwoTimescaleFlow(target, fit, poisoned).gradient(jnp.asarray(W)) == 0)
+    for other in (mimflow.Population(), mimflow.Online(8, jax.random.PRNGKey(0))):
+        assert _with_transpose(other) is other
 
 
 @pytest.mark.parametrize("name", FITS)
