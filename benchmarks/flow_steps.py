@@ -19,6 +19,9 @@ on the data as `simulate` passes them to the solver (on a CPU with a `(d, n)` co
   the relative difference of the two vector fields;
 - B seeds (B starts `W`) sharing one dataset, `vmap`ped: the two big products become
   `(n × d)·(d × B r)` and `(d × n)·(n × B r)` matrix products; their flop/s is compared with the peak;
+- each step also inside a solve's loop, `loop_step_time`: a single call allocates its
+  temporary buffers, which a solve does once (on this kind of machine a large part of a
+  ReLU-feature step; `benchmarks/RESULTS.md` §2);
 - for comparison, the two big products alone (`X W` and `Xᵀ R`, one jitted call, for r and for
   B r columns, `Xᵀ R` from the same layout as the step's): how much of a step's time the rest
   (the fit, its gradient) takes.
@@ -29,6 +32,7 @@ within one run. Nothing is asserted: misses are printed as measured.
 
 import argparse
 import datetime
+import functools
 import itertools
 import math
 import os
@@ -149,13 +153,14 @@ device = jax.devices()[0]
 on_gpu = device.platform != "cpu"
 
 if args.smoke:
-    grid_n, grid_d, seeds = [2**11], [64], 4
+    grid_n, grid_d, seeds, loop_count = [2**11], [64], 4, 4
     bandwidth_bytes, matmul_size, min_time, numpy_max = 2**25, 512, 0.02, 2**24
 else:
     full = (args.sizes or ("full" if on_gpu else "cpu")) == "full"
     grid_n = [2**e for e in range(12, 18)] if full else [2**12, 2**14, 2**16]
     grid_d = [64, 256, 1024] if full else [64, 256]
     seeds = 64 if on_gpu else 16
+    loop_count = 8
     bandwidth_bytes = 2**31 if on_gpu else 2**28
     matmul_size = 8192 if on_gpu else 2048
     min_time, numpy_max = 0.2, args.numpy_max
@@ -224,6 +229,31 @@ def batched_step(flow, Ws):
     return jax.vmap(lambda W: flow.vector_field(0.0, W))(Ws)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def repeated(flow, W, count):
+    """`count` evaluations of the step in one compiled loop, each at a new `W` (`W` moves by
+    `1e-300·v`, so nothing is hoisted out of the loop); `W` of shape `(B, d, r)` for B seeds."""
+    field = lambda W: flow.vector_field(0.0, W)
+    field = jax.vmap(field) if W.ndim == 3 else field
+
+    def body(_, carry):
+        W, total = carry
+        v = field(W)
+        return W + 1e-300 * v, total + v
+
+    return jax.lax.fori_loop(0, count, body, (W, jnp.zeros_like(W)))[1]
+
+
+def loop_step_time(flow, W, count):
+    """A step's time inside a solve, `T / count` for `T` the time of `repeated(…, count)`.
+    A single call pays for its temporary buffers every time, a solve once (on a CPU, fresh
+    pages from the kernel for buffers over glibc's 32 MiB mmap threshold: measured 33 MiB
+    of page faults, ≈ 24 ms of system time, per ReLU-feature step at n = 2¹⁶, d = 64); here
+    that cost is spread over `count` steps (an upper bound on the time per step of a long
+    solve)."""
+    return median_time(repeated, flow, W, count) / count
+
+
 @jax.jit
 def products(data, W, R):
     """The two big products of a step alone: `Z = X W` and `Xᵀ R` (`W`: d × m, `R`: n × m),
@@ -287,10 +317,11 @@ def main() -> dict:
     print(f"matmul peak ({matmul_size}² · {matmul_size}): {peak['flop_per_s'] / 1e9:.1f} GFLOP/s")
 
     steps, batched = [], []
-    print("\none flow step (the vector field at one W):")
+    print("\none flow step (the vector field at one W): one call, and in a loop as in a solve:")
     print(
         f"{'fit':8} {'n':>7} {'d':>5} {'step (ms)':>10} {'floor (ms)':>10} {'step/floor':>10} {'GB/s':>7} "
-        f"{'numpy (ms)':>10} {'numpy/step':>10} {'rel. diff':>9} {'XW,XᵀR (ms)':>11} {'/floor':>6}"
+        f"{'numpy (ms)':>10} {'numpy/step':>10} {'rel. diff':>9} {'XW,XᵀR (ms)':>11} {'/floor':>6} "
+        f"{'in loop (ms)':>12} {'/floor':>6}"
     )
     key = jax.random.PRNGKey(0)
     for d in grid_d:
@@ -313,6 +344,7 @@ def main() -> dict:
                 fit = make_fit(kind)
                 flow = mimflow.TwoTimescaleFlow(target, fit, data)
                 seconds = median_time(step, flow, W)
+                looped = loop_step_time(flow, W, loop_count)
                 row = {
                     "fit": kind,
                     "n": n,
@@ -323,6 +355,8 @@ def main() -> dict:
                     "bytes_per_s": 2.0 * n * d * BYTES / seconds,
                     "products_s": single_products,
                     "products_ratio": single_products / floor,
+                    "loop_step_s": looped,
+                    "loop_ratio": looped / floor,
                 }
                 numpy_cols = f"{'—':>10} {'—':>10} {'—':>9}"
                 if n * d <= numpy_max:
@@ -339,11 +373,12 @@ def main() -> dict:
                 print(
                     f"{kind:8} {n:7d} {d:5d} {seconds * 1e3:10.3f} {floor * 1e3:10.3f} {row['ratio']:10.2f} "
                     f"{row['bytes_per_s'] / 1e9:7.1f} {numpy_cols} {single_products * 1e3:11.3f} "
-                    f"{single_products / floor:6.2f}",
+                    f"{single_products / floor:6.2f} {looped * 1e3:12.3f} {looped / floor:6.2f}",
                     flush=True,
                 )
 
                 seconds = median_time(batched_step, flow, Ws)
+                looped = loop_step_time(flow, Ws, loop_count // 2)
                 flops = 4.0 * n * d * seeds * R  # X W and Xᵀ R for all seeds: two products of n·d·(B r)
                 batched.append(
                     {
@@ -361,6 +396,8 @@ def main() -> dict:
                         "products_s": batched_products,
                         "products_flop_per_s": flops / batched_products,
                         "products_peak_fraction": flops / batched_products / peak["flop_per_s"],
+                        "loop_step_s": looped,
+                        "loop_peak_fraction": flops / looped / peak["flop_per_s"],
                     }
                 )
             del data
@@ -368,21 +405,26 @@ def main() -> dict:
     print(f"\nB = {seeds} seeds sharing one dataset (one vmapped step; flops counted: X·W and Xᵀ·R only):")
     print(
         f"{'fit':8} {'n':>7} {'d':>5} {'step (ms)':>10} {'per seed':>10} {'GFLOP/s':>9} {'of peak':>8} "
-        f"{'peak/this':>9} {'step/floor':>10} {'products (ms)':>13} {'GFLOP/s':>9} {'of peak':>8}"
+        f"{'peak/this':>9} {'step/floor':>10} {'products (ms)':>13} {'GFLOP/s':>9} {'of peak':>8} "
+        f"{'in loop (ms)':>12} {'of peak':>8}"
     )
     for row in batched:
         print(
             f"{row['fit']:8} {row['n']:7d} {row['d']:5d} {row['step_s'] * 1e3:10.3f} "
             f"{row['per_seed_s'] * 1e3:10.4f} {row['flop_per_s'] / 1e9:9.1f} {row['peak_fraction']:8.1%} "
             f"{1 / row['peak_fraction']:9.2f} {row['ratio']:10.2f} {row['products_s'] * 1e3:13.3f} "
-            f"{row['products_flop_per_s'] / 1e9:9.1f} {row['products_peak_fraction']:8.1%}"
+            f"{row['products_flop_per_s'] / 1e9:9.1f} {row['products_peak_fraction']:8.1%} "
+            f"{row['loop_step_s'] * 1e3:12.3f} {row['loop_peak_fraction']:8.1%}"
         )
 
     near_floor = sum(row["ratio"] <= 2.0 for row in steps)
+    near_floor_loop = sum(row["loop_ratio"] <= 2.0 for row in steps)
     near_peak = sum(row["peak_fraction"] >= 0.5 for row in batched)
+    near_peak_loop = sum(row["loop_peak_fraction"] >= 0.5 for row in batched)
     print(
-        f"\nsingle steps within 2× of the bandwidth floor: {near_floor} of {len(steps)}; "
-        f"batched steps within 2× of the matmul peak: {near_peak} of {len(batched)}"
+        f"\nsingle steps within 2× of the bandwidth floor: {near_floor} of {len(steps)} "
+        f"({near_floor_loop} in a loop); batched steps within 2× of the matmul peak: {near_peak} of "
+        f"{len(batched)} ({near_peak_loop} in a loop)"
     )
     return {"meta": meta, "bandwidth": bandwidth, "matmul_peak": peak, "steps": steps, "batched": batched}
 

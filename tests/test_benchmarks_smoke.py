@@ -60,11 +60,12 @@ def test_flow_steps_smoke(out):
     assert figures["matmul_peak"]["flop_per_s"] > 0
     assert {row["fit"] for row in figures["steps"]} == {"hermite", "random"}
     for row in figures["steps"]:
-        assert {"n", "d", "step_s", "floor_s", "ratio", "numpy_s", "numpy_speedup", "numpy_rel_diff"} <= set(row)
+        keys = {"n", "d", "step_s", "floor_s", "ratio", "numpy_s", "numpy_speedup", "numpy_rel_diff", "loop_step_s"}
+        assert keys <= set(row)
         assert row["step_s"] > 0 and row["floor_s"] > 0
         assert row["numpy_rel_diff"] < 1e-8  # the NumPy step computes the same vector field (float64)
     for row in figures["batched"]:
-        assert {"n", "d", "seeds", "step_s", "flop_per_s", "peak_fraction"} <= set(row)
+        assert {"n", "d", "seeds", "step_s", "flop_per_s", "peak_fraction", "loop_step_s"} <= set(row)
         assert row["step_s"] > 0
 
 
