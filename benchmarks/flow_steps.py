@@ -144,7 +144,7 @@ from _common import git_state, write_json  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
-from mimflow._flows import _with_transpose  # noqa: E402
+from mimflow._flows import _transposed_X, _with_transpose  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPE = jnp.dtype(args.dtype)
@@ -258,8 +258,7 @@ def loop_step_time(flow, W, count):
 def products(data, W, R):
     """The two big products of a step alone: `Z = X W` and `Xᵀ R` (`W`: d × m, `R`: n × m),
     `Xᵀ R` from the `(d, n)` copy when the data carry one (as the step does)."""
-    XT = data.X.T if data._XT is None else data._XT
-    return data.X @ W, XT @ R
+    return data.X @ W, _transposed_X(data) @ R
 
 
 def numpy_baseline(kind: str, fit: mimflow.AbstractFit, data: mimflow.Dataset, W) -> tuple[dict, np.ndarray]:

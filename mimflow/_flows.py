@@ -39,14 +39,20 @@ class Dataset(eqx.Module):
 
 def _with_transpose(data: "Data") -> "Data":
     """`data` carrying a copy of `X` laid out as `(d, n)`, on a CPU, for the flow's
-    back-projection `Xᵀ R`: XLA's CPU dot reads a transposed row-major operand at about a
-    third of the memory bandwidth, a row-major `(d, n)` one near it (`Xᵀ R` 2–3× faster at
-    `n·d ≥ 2²²`; `benchmarks/RESULTS.md` §2). It costs a second copy of `X`, so it is made
-    once, outside the solver's loop (`simulate`), and not on accelerators, whose matrix
-    products take either layout at full speed. Other data come back unchanged."""
+    back-projection `Xᵀ R`: XLA's CPU dot reads a transposed row-major operand at a third
+    to two thirds of the memory bandwidth, a row-major `(d, n)` one near it (`Xᵀ R`
+    1.5–3× faster at `n·d ≥ 2¹⁸`; `benchmarks/RESULTS.md` §2). It costs a second copy of
+    `X`, so it is made once, outside the solver's loop (`simulate`), and not on
+    accelerators, whose matrix products take either layout at full speed. Other data come
+    back unchanged."""
     if not isinstance(data, Dataset) or data._XT is not None or jax.default_backend() != "cpu":
         return data
     return eqx.tree_at(lambda x: x._XT, data, jnp.transpose(data.X), is_leaf=lambda x: x is None)
+
+
+def _transposed_X(data: Dataset) -> Float[Array, "d n"]:
+    """`Xᵀ`: the `(d, n)` copy when `data` carries one (`_with_transpose`), else `X.T`."""
+    return data.X.T if data._XT is None else data._XT
 
 
 class Target(eqx.Module):
@@ -133,8 +139,7 @@ def _envelope_gradient(fitted: AbstractFittedLink, batch: Dataset, W: Float[Arra
     """`∇_W ½n⁻¹Σ(f̂(Wᵀx_i) − y_i)² = n⁻¹ Σ_i (f̂(z_i) − y_i) x_i ∇f̂(z_i)ᵀ` with `f̂` fixed:
     reads `X` twice (`Z = XW`, then `Xᵀ R`)."""
     values, grads = fitted.value_and_grad(batch.X @ W)
-    XT = batch.X.T if batch._XT is None else batch._XT
-    return XT @ ((values - batch.y)[:, None] * grads) / batch.y.shape[0]
+    return _transposed_X(batch) @ ((values - batch.y)[:, None] * grads) / batch.y.shape[0]
 
 
 class AbstractFlow(eqx.Module):
