@@ -1,5 +1,6 @@
-"""Sweeps over seeds × dimensions × hyperparameters: one compiled, vmapped program,
-run in chunks that fit in memory and sharded over every device (DESIGN §4, `sweep`)."""
+"""Sweeps over seeds × dimensions × hyperparameters: one compiled, vmapped program
+(mapped, for finite-sample flows on a CPU), run in chunks that fit in memory and sharded
+over every device (DESIGN §4, `sweep`)."""
 
 import math
 import os
@@ -15,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, ArrayLike
 
 from ._checks import check_range
-from ._experiments import AbstractExperiment, ReducedExperiment
+from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
 from ._integrate import Status, escape_times
 from ._link import Link
 
@@ -129,11 +130,31 @@ _DIMS = {
 }
 
 
+def _sequential(experiment: AbstractExperiment, device: jax.Device) -> bool:
+    """Whether a chunk's points run one after another (`lax.map`) rather than in
+    lock-step (`vmap`): finite-sample flows on a CPU. Vmapped, each seed's products with
+    its own `X` become batched matrix products, which XLA's CPU code runs well below the
+    speed of a single product, and every point takes as many steps as the slowest one
+    (8 seeds, Hermite features, n = 8192, d = 128: 3.2× slower; benchmarks/RESULTS.md
+    §2). Accelerators, population flows and reduced sweeps keep `vmap`."""
+    return isinstance(experiment, FlowExperiment) and experiment.n is not None and device.platform == "cpu"
+
+
 @eqx.filter_jit
-def _run(experiment: AbstractExperiment, points, threshold: float) -> dict[str, Array]:
-    """One chunk: `vmap` over its points. With points sharded over a mesh, XLA splits
-    the batch (and the vmapped step loops) across the devices."""
-    return jax.vmap(lambda point: _outputs(experiment, point, threshold))(points)
+def _run(
+    experiment: AbstractExperiment, points, threshold: float, sequential: bool = False, mesh: Mesh | None = None
+) -> dict[str, Array]:
+    """One chunk: `vmap` over its points, or `lax.map` when `sequential`. With points
+    sharded over `mesh`, XLA splits the vmapped batch (and its step loops) across the
+    devices; a sequential chunk is split with `shard_map`, each device mapping over its
+    own points, so that every point runs the same program as alone."""
+    one = lambda point: _outputs(experiment, point, threshold)  # noqa: E731
+    if not sequential:
+        return jax.vmap(one)(points)
+    if mesh is None:
+        return jax.lax.map(one, points)
+    mapped = lambda local: jax.lax.map(one, local)  # noqa: E731
+    return jax.shard_map(mapped, mesh=mesh, in_specs=P(_BATCH), out_specs=P(_BATCH), check_vma=False)(points)
 
 
 def _available_bytes(device: jax.Device) -> int:
@@ -147,17 +168,27 @@ def _available_bytes(device: jax.Device) -> int:
 
 
 def _chunk_size(
-    experiment: AbstractExperiment, total: int, batch_size: int | None, num_devices: int, max_batch_size: int | None
+    experiment: AbstractExperiment,
+    total: int,
+    batch_size: int | None,
+    num_devices: int,
+    max_batch_size: int | None,
+    sequential: bool = False,
 ) -> int:
     """Points per compiled call: `batch_size`, or as many as fit in a quarter of the free
-    memory of a device by the experiment's estimate (at most `max_batch_size`); a
-    multiple of the device count, with at least two points per device: XLA compiles a
-    batch axis of size one away, and the program it makes then rounds differently, so
-    a point would not be bitwise the same alone as in a batch."""
+    memory of a device by the experiment's estimate (at most `max_batch_size`; points
+    that run one after another, `_sequential`, share one working memory and each keeps
+    only its outputs); a multiple of the device count, with at least two points per
+    device: XLA compiles a batch axis of size one away, and the program it makes then
+    rounds differently, so a point would not be bitwise the same alone as in a batch."""
     if batch_size is None:
         p = min(experiment.link.dim, experiment.r)
         output_bytes = 8 * experiment.num_saves * (3 + p + experiment.link.dim * experiment.r)
-        per_device = _available_bytes(jax.devices()[0]) // 4 // (experiment.working_bytes() + output_bytes)
+        budget = _available_bytes(jax.devices()[0]) // 4
+        if sequential:
+            per_device = max(budget - experiment.working_bytes(), 0) // output_bytes
+        else:
+            per_device = budget // (experiment.working_bytes() + output_bytes)
         cap = total if max_batch_size is None else min(total, max_batch_size)
         batch_size = max(1, min(cap, per_device * num_devices))
     elif not isinstance(batch_size, int) or batch_size < 1:
@@ -251,7 +282,10 @@ class SweepPlan:
         self.total = math.prod(len(values) for values in self.axes.values())
         if max_batch_size is not None and (not isinstance(max_batch_size, int) or max_batch_size < 1):
             raise ValueError(f"`max_batch_size` must be None or an integer ≥ 1, got {max_batch_size!r}")
-        self.batch_size = _chunk_size(experiment, self.total, batch_size, len(devices), max_batch_size)
+        self._sequential = _sequential(experiment, devices[0])
+        self.batch_size = _chunk_size(
+            experiment, self.total, batch_size, len(devices), max_batch_size, self._sequential
+        )
         # the last chunk is filled up with copies of the first point, then dropped
         flat = np.concatenate([np.arange(self.total), np.zeros(-self.total % self.batch_size, dtype=int)])
         self.num_chunks = flat.size // self.batch_size
@@ -269,7 +303,7 @@ class SweepPlan:
         points = jax.tree.map(lambda values: values[rows], self._grid)
         if self.mesh is not None:
             points = jax.device_put(points, NamedSharding(self.mesh, P(_BATCH)))
-        outputs = _gather(_run(self.experiment, points, self.escape_threshold))
+        outputs = _gather(_run(self.experiment, points, self.escape_threshold, self._sequential, self.mesh))
         return {name: values[: self.batch_size] for name, values in outputs.items()}
 
     def dataset(self, chunks: Sequence[Mapping[str, np.ndarray]]) -> xr.Dataset:
@@ -289,7 +323,9 @@ def sweep(
     escape_threshold: float = 0.5,
 ) -> xr.Dataset:
     """Run `experiment` at every point of the grid `axes` (their Cartesian product) in one
-    compiled, vmapped program, and return the results as a labelled dataset.
+    compiled, vmapped program, and return the results as a labelled dataset. (On a CPU a
+    finite-sample `FlowExperiment`'s points run one after another, `lax.map`, each device
+    mapping over its own: vmapped, they would be slower there.)
 
     The grid is cut into chunks of `batch_size` points (default: as many as fit in a
     quarter of a device's free memory by the experiment's estimate); every chunk has

@@ -184,7 +184,7 @@ REPRODUCIBLE = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     import mimflow
     from mimflow import links
-    from mimflow._sweep import _check_axes, _points, _run
+    from mimflow._sweep import _check_axes, _points, _run, _sequential
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     assert len(jax.devices()) == 4, jax.devices()
     link = links.hermite(1, 2, 0) + links.hermite(2, 2, 1)
@@ -192,6 +192,12 @@ REPRODUCIBLE = textwrap.dedent(
     reduced = {"seed": [0, 1, 2], "d": [1e2, 1e3]}
     cases = {
         "population-flow": (mimflow.FlowExperiment(link, key, 15.0, d_max=10, num_saves=8), {"seed": [0, 1, 2], "d": [6, 10]}),
+        # points one after another (`lax.map`; `shard_map` over the devices): `_sweep._sequential`
+        "sample-flow": (
+            mimflow.FlowExperiment(link, key, 15.0, d_max=10, n=60, fit=mimflow.HermiteFeatures(2, 1e-3, 0.9),
+                                   noise=0.2, num_saves=8),
+            {"seed": [0, 1, 2], "d": [6, 10]},
+        ),
         "reduced-rodas4": (mimflow.ReducedExperiment(link, key, 1e3, num_saves=16, solver=mimflow.Rodas4()), reduced),
         # the default solver with k·r = 1: bitwise through `_sweep._width`'s chunks of 16 points per device
         "reduced-default": (mimflow.ReducedExperiment(links.hermite(3), key, 1e4, num_saves=16), reduced),
@@ -216,7 +222,7 @@ REPRODUCIBLE = textwrap.dedent(
     # sweep's program)
     mesh = Mesh(np.array(jax.devices()), ("batch",))
     points = jax.device_put(_points(_check_axes(axes), np.arange(8) % 6), NamedSharding(mesh, P("batch")))
-    out = _run(experiment, points, 0.5)
+    out = _run(experiment, points, 0.5, _sequential(experiment, jax.devices()[0]), mesh)
     assert len(out["loss"].sharding.device_set) == 4 and not out["loss"].sharding.is_fully_replicated
     print("ok")
     """
@@ -225,14 +231,20 @@ REPRODUCIBLE = textwrap.dedent(
 
 @pytest.mark.parametrize(
     "case",
-    ["reduced-rodas4", "reduced-default", pytest.param("population-flow", marks=pytest.mark.slow)],  # slow: 45 CPU-s
+    [
+        "reduced-rodas4",
+        "reduced-default",
+        "sample-flow",
+        pytest.param("population-flow", marks=pytest.mark.slow),  # slow: 45 CPU-s
+    ],
 )
 def test_sweeps_bitwise_alone_whole_chunked_sharded(case):
     """On 4 forced host CPU devices, for the reduced ODE with `Rodas4` and with the default
-    solver, and a population flow: a sweep's results are bitwise the same whether a point
-    runs alone, with the whole grid in one call, in chunks, or sharded over the devices
-    (every device gets at least two points, `_sweep._chunk_size`, and a reduced sweep's a
-    multiple of 16, `_sweep._width`)."""
+    solver, a population flow and a finite-sample flow: a sweep's results are bitwise the
+    same whether a point runs alone, with the whole grid in one call, in chunks, or
+    sharded over the devices (every device gets at least two points, `_sweep._chunk_size`,
+    a reduced sweep's a multiple of 16, `_sweep._width`, and a finite-sample flow's
+    points run one after another on each device, `_sweep._sequential`)."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     command = [sys.executable, "-c", REPRODUCIBLE, case]
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -243,3 +243,32 @@ def test_plan_chunking_without_running():
         mimflow.SweepPlan(experiment, {"seed": range(8)}, max_batch_size=0)
     with pytest.raises(ValueError, match=r"chunk `index`.*3"):
         plan.run_chunk(3)
+
+
+def test_finite_sample_flows_map_their_points_on_cpu(monkeypatch):
+    """On a CPU a finite-sample flow's chunk runs its points one after another
+    (`_sweep._sequential`): not population flows, reduced sweeps or accelerators. Such
+    points share one working memory, so the automatic chunk holds as many as their
+    outputs allow (the bitwise results, alone, chunked and sharded over 4 devices, are in
+    `test_reliability.py`)."""
+    from mimflow import _sweep
+
+    sample = _flow_experiment(mimflow.HermiteFeatures(2, 1e-3, 0.9), 60, noise=0.2)
+    cpu = jax.devices("cpu")[0]
+
+    class Accelerator:
+        platform = "gpu"
+
+    assert _sweep._sequential(sample, cpu)
+    assert not _sweep._sequential(sample, Accelerator())
+    assert not _sweep._sequential(_flow_experiment(None, None), cpu)
+    assert not _sweep._sequential(_reduced_experiment(), cpu)
+    # free memory for 10 vmapped points: 4 × 10 × (working + outputs)
+    outputs = 8 * FLOW_SAVES * (3 + 2 + 2 * 2)
+    monkeypatch.setattr(_sweep, "_available_bytes", lambda device: 40 * (sample.working_bytes() + outputs))
+    grid = {"seed": range(300), "d": [12]}
+    assert mimflow.SweepPlan(sample, grid, devices=[cpu]).batch_size == 300
+    assert _sweep._chunk_size(sample, 300, None, 1, None, sequential=False) == 10
+    population = _flow_experiment(None, None)
+    monkeypatch.setattr(_sweep, "_available_bytes", lambda device: 40 * (population.working_bytes() + outputs))
+    assert mimflow.SweepPlan(population, grid, devices=[cpu]).batch_size == 10
