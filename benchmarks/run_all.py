@@ -2,7 +2,7 @@
 
 Usage: python benchmarks/run_all.py [--smoke] [--out DIR]   (default DIR: benchmarks/results/<device>)
 
-Runs `reduced_vs_scipy.py`, `flow_steps.py` and `compile_time.py`, each writing
+Runs `reduced_vs_scipy.py`, `flow_steps.py`, `flow_sweep.py` and `compile_time.py`, each writing
 `DIR/<name>.json` (and its printed table to `DIR/<name>.txt`), then draws
 `DIR/scaling.png`: wall time against the batch size B (reduced sweeps) and a flow
 step's time against n and against d, on log–log axes, each with its fitted exponent.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["reduced_vs_scipy", "flow_steps", "compile_time"]
+SCRIPTS = ["reduced_vs_scipy", "flow_steps", "flow_sweep", "compile_time"]
 
 
 def exponent(x, y) -> float:

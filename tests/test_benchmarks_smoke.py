@@ -81,3 +81,16 @@ def test_compile_time_smoke(out):
     for result in (quickstart, sweep):
         assert isinstance(result["recompiles"], int)  # the count, whatever it is: the script reports, never asserts
         assert result["values_changed"] is True
+
+
+@pytest.mark.slow  # 57 CPU-s (four flow compilations), for CI time
+def test_flow_sweep_smoke(out):
+    figures = run_smoke("flow_sweep.py", out)
+    assert_finite(figures)
+    assert_meta(figures["meta"], "flow_sweep")
+    assert {row["fit"] for row in figures["rows"]} == {"hermite", "random"}
+    for row in figures["rows"]:
+        assert row["mapped_s"] > 0 and row["vmapped_s"] > 0
+        assert row["all_success"]
+        assert row["steps"] <= row["lock_step_steps"]
+        assert row["max_loss_difference"] < 1e-10  # the two programs integrate the same flows
