@@ -1,7 +1,11 @@
 """Shared by the benchmark scripts (run as `python benchmarks/NAME.py`, so importable as `_common`)."""
 
+import datetime
 import json
+import os
+import platform
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,3 +32,25 @@ def write_json(path, results: dict) -> None:
         json.dump(results, file, indent=1, allow_nan=False)
         file.write("\n")
     print(f"wrote {path}")
+
+
+def run_meta(benchmark: str, *, smoke: bool, dtype: str = "float64", **extra) -> dict:
+    """The fields every benchmark's JSON starts with: what ran, on which device and
+    software, when, with which arguments, on which commit; then `extra`."""
+    import jax  # not at import: a script may configure jax first, or keep it out of a process
+
+    device = jax.devices()[0]
+    return {
+        "benchmark": benchmark,
+        "device": device.device_kind,
+        "platform": device.platform,
+        "jax": jax.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "dtype": dtype,
+        "date": datetime.date.today().isoformat(),
+        "smoke": smoke,
+        "argv": sys.argv[1:],
+        **extra,
+        **git_state(),
+    }

@@ -21,11 +21,7 @@ times are measured there. Nothing is asserted.
 """
 
 import argparse
-import datetime
 import math
-import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +35,7 @@ args = parser.parse_args()
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
-from _common import git_state, write_json  # noqa: E402
+from _common import run_meta, write_json  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
@@ -148,20 +144,7 @@ def runner_plan(config: dict) -> mimflow.SweepPlan:
 def main() -> dict:
     device = jax.devices()[0]
     cache_dir = getattr(jax.config, "jax_compilation_cache_dir", None)
-    meta = {
-        "benchmark": "compile_time",
-        "device": device.device_kind,
-        "platform": device.platform,
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "dtype": "float64",
-        "date": datetime.date.today().isoformat(),
-        "smoke": args.smoke,
-        "persistent_cache_dir": cache_dir,
-        "argv": sys.argv[1:],
-        **git_state(),
-    }
+    meta = run_meta("compile_time", smoke=args.smoke, persistent_cache_dir=cache_dir)
     print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}, float64")
     if cache_dir:
         print(f"warning: the persistent compilation cache is on ({cache_dir}): compile times may be cache hits")

@@ -31,12 +31,10 @@ within one run. Nothing is asserted: misses are printed as measured.
 """
 
 import argparse
-import datetime
 import functools
 import itertools
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -140,7 +138,7 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", args.dtype == "float64")
 
 import jax.numpy as jnp  # noqa: E402
-from _common import git_state, write_json  # noqa: E402
+from _common import run_meta, write_json  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
@@ -286,25 +284,17 @@ def numpy_baseline(kind: str, fit: mimflow.AbstractFit, data: mimflow.Dataset, W
 
 
 def main() -> dict:
-    meta = {
-        "benchmark": "flow_steps",
-        "device": device.device_kind,
-        "platform": device.platform,
-        "jax": jax.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "dtype": args.dtype,
-        "date": datetime.date.today().isoformat(),
-        "smoke": args.smoke,
-        "r": R,
-        "ridge": RIDGE,
-        "hermite_degree": args.degree,
-        "random_features": args.features,
-        "seeds": seeds,
-        "argv": sys.argv[1:],
-        **git_state(),
-    }
+    meta = run_meta(
+        "flow_steps",
+        smoke=args.smoke,
+        dtype=args.dtype,
+        numpy=np.__version__,
+        r=R,
+        ridge=RIDGE,
+        hermite_degree=args.degree,
+        random_features=args.features,
+        seeds=seeds,
+    )
     print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}, {args.dtype}, r = {R}")
     bandwidth = measure_bandwidth()
     peak = measure_matmul_peak()

@@ -20,10 +20,6 @@ asserted.
 """
 
 import argparse
-import datetime
-import os
-import platform
-import sys
 import time
 
 import jax
@@ -38,7 +34,7 @@ jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from _common import git_state, write_json  # noqa: E402
+from _common import run_meta, write_json  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
@@ -76,21 +72,7 @@ def best_time(experiment, points, sequential: bool):
 
 
 def main() -> dict:
-    meta = {
-        "benchmark": "flow_sweep",
-        "device": device.device_kind,
-        "platform": device.platform,
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "dtype": "float64",
-        "date": datetime.date.today().isoformat(),
-        "smoke": args.smoke,
-        "seeds": seeds,
-        "t1": t1,
-        "argv": sys.argv[1:],
-        **git_state(),
-    }
+    meta = run_meta("flow_sweep", smoke=args.smoke, seeds=seeds, t1=t1)
     print(f"device: {device.device_kind} ({device.platform}), jax {jax.__version__}, B = {seeds} points, t1 = {t1}")
     print(
         f"{'fit':8} {'n':>6} {'d':>5} {'mapped (s)':>10} {'vmapped (s)':>11} {'ratio':>6} "

@@ -27,10 +27,8 @@ Nothing is asserted: the table is printed as measured (`benchmarks/RESULTS.md` k
 """
 
 import argparse
-import datetime
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -41,7 +39,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ROOT, git_state, write_json  # noqa: E402
+from _common import ROOT, run_meta, write_json  # noqa: E402
 
 PRECISIONS = ("float64", "float32")
 
@@ -414,20 +412,7 @@ def main() -> dict:
     rows = [
         compare(case, f64, f32) for case, f64, f32 in zip(cases, results["float64"], results["float32"], strict=True)
     ]
-    import jax
-
-    meta = {
-        "benchmark": "precision",
-        "device": jax.devices()[0].device_kind,
-        "platform": jax.devices()[0].platform,
-        "jax": jax.__version__,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "dtype": "float32 vs float64",
-        "date": datetime.date.today().isoformat(),
-        "smoke": args.smoke,
-        **git_state(),
-    }
+    meta = run_meta("precision", smoke=args.smoke, dtype="float32 vs float64")
     print(f"\n{meta['device']} ({meta['platform']}), jax {meta['jax']}, {meta['cpu_count']} CPUs\n")
     print(markdown(rows))
     return {"meta": meta, "rows": rows, "args": args}
