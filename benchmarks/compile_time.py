@@ -73,25 +73,15 @@ class Events:
         return sum(duration for name, duration, _ in self.records if name == event)
 
 
-def first_chunk(plan: mimflow.SweepPlan):
-    """The points of chunk 0 of `plan`, as `run_chunk` slices them (the grid padded with copies
-    of its first point up to a whole number of chunks)."""
-    points = mimflow.grid_points(plan.axes)
-    pad = -plan.total % plan.batch_size
-    if pad:
-        points = jax.tree.map(lambda v: jnp.concatenate([v, jnp.repeat(v[:1], pad, axis=0)]), points)
-    return jax.tree.map(lambda v: v[: plan.batch_size], points)
-
-
 def measure(label: str, plan: mimflow.SweepPlan, rerun, compile_ahead: bool = True) -> dict:
     """Compile `plan`'s chunk program ahead of time (timed), run the sweep, then `rerun()` (the
     same shapes, new values) counting compilations."""
     result: dict = {"points": plan.total, "batch_size": plan.batch_size, "chunks": plan.num_chunks}
     if compile_ahead:
-        points = first_chunk(plan)
+        arguments = plan._chunk_arguments(0)  # as `run_chunk(0)` passes them: its calls find this program
         with Events() as lowering:
             start = time.perf_counter()
-            lowered = chunk_program.lower(plan.experiment, points, plan.escape_threshold)
+            lowered = chunk_program.lower(*arguments)
             result["trace_lower_s"] = time.perf_counter() - start
         with Events() as compiling:
             start = time.perf_counter()

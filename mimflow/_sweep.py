@@ -296,6 +296,12 @@ class SweepPlan:
         """The outputs of chunk `index` (points `index · batch_size` onwards, in grid order)."""
         if not 0 <= index < self.num_chunks:
             raise ValueError(f"chunk `index` must lie in [0, {self.num_chunks}), got {index}")
+        outputs = _gather(_run(*self._chunk_arguments(index)))
+        return {name: values[: self.batch_size] for name, values in outputs.items()}
+
+    def _chunk_arguments(self, index: int) -> tuple:
+        """The arguments of the compiled chunk program `_run` for chunk `index` (also used
+        by `benchmarks/compile_time.py` to compile that very program ahead of time)."""
         start = index * self.batch_size
         # filled up to the compiled width with copies of the chunk's first point, then dropped
         padding = np.full(self._width - self.batch_size, start)
@@ -303,8 +309,7 @@ class SweepPlan:
         points = jax.tree.map(lambda values: values[rows], self._grid)
         if self.mesh is not None:
             points = jax.device_put(points, NamedSharding(self.mesh, P(_BATCH)))
-        outputs = _gather(_run(self.experiment, points, self.escape_threshold, self._sequential, self.mesh))
-        return {name: values[: self.batch_size] for name, values in outputs.items()}
+        return self.experiment, points, self.escape_threshold, self._sequential, self.mesh
 
     def dataset(self, chunks: Sequence[Mapping[str, np.ndarray]]) -> xr.Dataset:
         """The labelled dataset from the outputs of every chunk, in order."""
