@@ -135,8 +135,9 @@ def _sequential(experiment: AbstractExperiment, device: jax.Device) -> bool:
     lock-step (`vmap`): finite-sample flows on a CPU. Vmapped, each seed's products with
     its own `X` become batched matrix products, which XLA's CPU code runs well below the
     speed of a single product, and every point takes as many steps as the slowest one
-    (8 seeds, Hermite features, n = 8192, d = 128: 3.2× slower; benchmarks/RESULTS.md
-    §2). Accelerators, population flows and reduced sweeps keep `vmap`."""
+    (8 seeds on 2 cores: 1.1–1.8× slower for the paper's `h1 + h3`, 3.2× for `h2`;
+    benchmarks/RESULTS.md §2). Accelerators, population flows and reduced sweeps keep
+    `vmap`."""
     return isinstance(experiment, FlowExperiment) and experiment.n is not None and device.platform == "cpu"
 
 
