@@ -221,6 +221,24 @@ def test_closed_form_feature_gradients_equal_autodiff():
         np.testing.assert_allclose(grads, expected_grads, rtol=1e-13, atol=1e-13)
 
 
+def test_fourier_flow_step_computes_its_cosines_once():
+    """In a flow step the fit builds the Fourier design `√(2/p) cos(ZΩ + b)` and the
+    back-projection needs it again at the same `Z`: XLA's optimized program of the vector
+    field holds one cosine and one sine over the `n × p` entries (before `value_and_grad`
+    wrote the design as the fit does, two cosines: ≈ a quarter of a step)."""
+    import re
+
+    n, d, p = 64, 6, 16
+    target = mimflow.Target(mimflow.links.hermite(2), mimflow.haar_stiefel(jax.random.PRNGKey(0), d, 1), noise=0.1)
+    data = target.sample(jax.random.PRNGKey(1), n)
+    flow = mimflow.TwoTimescaleFlow(target, mimflow.RandomFeatures(p, jax.random.PRNGKey(2), kind="fourier"), data)
+    W = mimflow.haar_stiefel(jax.random.PRNGKey(3), d, 1)
+    program = jax.jit(lambda W: flow.vector_field(0.0, W)).lower(W).compile().as_text()
+    shape = rf"f64\[{n},{p}\]\S* "
+    assert len(re.findall(shape + r"cosine\(", program)) == 1
+    assert len(re.findall(shape + r"sine\(", program)) == 1
+
+
 # ---------------------------------------------------------------------------
 # 1. Kernels
 # ---------------------------------------------------------------------------
