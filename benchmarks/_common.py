@@ -36,7 +36,8 @@ def write_json(path, results: dict) -> None:
 
 def run_meta(benchmark: str, *, smoke: bool, dtype: str = "float64", **extra) -> dict:
     """The fields every benchmark's JSON starts with: what ran, on which device and
-    software, when, with which arguments, on which commit; then `extra`."""
+    software (`cpu_count`: the cores this process may use, so `taskset` runs say so),
+    when, with which arguments, on which commit; then `extra`."""
     import jax  # not at import: a script may configure jax first, or keep it out of a process
 
     device = jax.devices()[0]
@@ -46,7 +47,7 @@ def run_meta(benchmark: str, *, smoke: bool, dtype: str = "float64", **extra) ->
         "platform": device.platform,
         "jax": jax.__version__,
         "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "dtype": dtype,
         "date": datetime.date.today().isoformat(),
         "smoke": smoke,

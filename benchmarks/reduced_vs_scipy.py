@@ -22,8 +22,6 @@ mimflow's to a relative 1e-4 (both `inf` where a direction is not learned by t1)
 """
 
 import argparse
-import datetime
-import json
 import os
 import sys
 import time
@@ -53,7 +51,7 @@ import jax  # noqa: E402
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
-from _common import git_state  # noqa: E402
+from _common import run_meta, write_json  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
@@ -190,27 +188,18 @@ def main():
             flush=True,
         )
         assert difference <= 1e-4, f"escape times differ from LSODA's by {difference:.2e} > 1e-4"
-    result = {
-        "benchmark": "reduced_vs_scipy",
-        "date": datetime.date.today().isoformat(),
-        "device": device.device_kind,
-        "platform": device.platform,
-        "num_devices": num_devices,
-        "cpu_count": len(os.sched_getaffinity(0)),
-        "jax": jax.__version__,
-        "dtype": "float64",
-        "rtol": args.rtol,
-        "atol": args.atol,
-        "d": args.d,
-        "t1": args.t1,
-        "num_saves": args.num_saves,
-        "smoke": args.smoke,
-        **git_state(),
-        "rows": rows,
-    }
+    meta = run_meta(
+        "reduced_vs_scipy",
+        smoke=args.smoke,
+        num_devices=num_devices,
+        rtol=args.rtol,
+        atol=args.atol,
+        d=args.d,
+        t1=args.t1,
+        num_saves=args.num_saves,
+    )
     if args.out:
-        with open(args.out, "w") as file:
-            json.dump(result, file, indent=1)
+        write_json(args.out, {**meta, "rows": rows})  # flat, as run_all.py reads it
     return 0
 
 

@@ -152,9 +152,9 @@ def _run(
     one = lambda point: _outputs(experiment, point, threshold)  # noqa: E731
     if not sequential:
         return jax.vmap(one)(points)
-    if mesh is None:
-        return jax.lax.map(one, points)
     mapped = lambda local: jax.lax.map(one, local)  # noqa: E731
+    if mesh is None:
+        return mapped(points)
     return jax.shard_map(mapped, mesh=mesh, in_specs=P(_BATCH), out_specs=P(_BATCH), check_vma=False)(points)
 
 
