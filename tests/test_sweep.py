@@ -113,19 +113,20 @@ def _flow_experiment(fit, n, noise=0.0, d_max=12):
 
 
 @pytest.mark.parametrize(
-    "fit, n",
+    "fit, n, dims",
     [
-        (None, None),
+        (None, None, [6, 9, 12]),
         # ~42 s: the padding is the same for every data source; run with -m slow
-        pytest.param(mimflow.HermiteFeatures(2, 1e-3, 0.9), 60, marks=pytest.mark.slow),
+        pytest.param(mimflow.HermiteFeatures(2, 1e-3, 0.9), 60, [6, 9, 12], marks=pytest.mark.slow),
+        # the mapped chunk program of finite samples on a CPU (`_sweep._sequential`), one d
+        (mimflow.HermiteFeatures(2, 1e-3, 0.9), 60, [12]),
     ],
-    ids=["population", "hermite-features"],
+    ids=["population", "hermite-features", "hermite-features-unpadded"],
 )
-def test_padded_flow_sweep_equals_unpadded_runs(fit, n):
+def test_padded_flow_sweep_equals_unpadded_runs(fit, n, dims):
     """d is swept by zero-padding to d_max; each point equals `simulate` on the unpadded
     `W*`, `W0` and data (the first d rows of the padded draws) to 1e-10."""
     experiment = _flow_experiment(fit, n, noise=0.2 if n else 0.0)
-    dims = [6, 9, 12]
     dataset = mimflow.sweep(experiment, {"seed": [0, 1], "d": dims})
     for seed in (0, 1):
         for d in dims:
