@@ -33,13 +33,17 @@ def hermite_1d(degree: int, x: Float[ArrayLike, "*batch"]) -> Float[Array, "*bat
     """
     degree = check_int("degree", degree, 0)
     check_finite("x", x)
-    x = jnp.asarray(x)
+    return jnp.stack(_hermite_list(degree, jnp.asarray(x)), axis=-1)
+
+
+def _hermite_list(degree: int, x: Float[Array, "*batch"]) -> list[Float[Array, "*batch"]]:
+    """`[h_0(x), …, h_degree(x)]` by the three-term recurrence, unchecked (for traced code)."""
     values = [jnp.ones_like(x)]
     if degree >= 1:
         values.append(x)
     for n in range(1, degree):
         values.append((x * values[n] - math.sqrt(n) * values[n - 1]) / math.sqrt(n + 1))
-    return jnp.stack(values, axis=-1)
+    return values
 
 
 def multi_indices(dim: int, degree: int) -> np.ndarray:

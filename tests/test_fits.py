@@ -221,6 +221,34 @@ def test_closed_form_feature_gradients_equal_autodiff():
         np.testing.assert_allclose(grads, expected_grads, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize(("r", "degree"), [(1, 0), (1, 4), (2, 1), (3, 2), (4, 3)])
+@pytest.mark.parametrize("unrolled", [True, False], ids=["term-by-term", "designs"])
+def test_hermite_feature_gradients_both_ways(r, degree, unrolled, monkeypatch):
+    """Hermite features' `value_and_grad`, written out term by term (up to
+    `_UNROLL_TERMS`) or as designs times `θ` (above), against `jax.vjp` of the design
+    `φ(z)ᵀθ` (the hand-coded derivative left out), for degrees 0 to 4 and r = 1 to 4 (a
+    batch of rows `(2, 20, r)` too). The term-by-term program has no matrix product."""
+    import mimflow._fits as fits
+    from mimflow._fits import AbstractFeatures
+
+    if not unrolled:
+        monkeypatch.setattr(fits, "_UNROLL_TERMS", 0)
+    rng = np.random.default_rng(10 * r + degree)
+    features = mimflow.HermiteFeatures(degree, ridge=1e-3, rho=0.6).features(r)
+    # a new function each time: jit's cache would otherwise keep the other branch's trace
+    closed = jax.jit(lambda features, z, weights: features.value_and_grad(z, weights))
+    for shape in [(40, r), (2, 20, r)]:
+        z = jnp.asarray(rng.standard_normal(shape))
+        weights = jnp.asarray(rng.standard_normal(features(z).shape[-1]))
+        values, grads = closed(features, z, weights)
+        expected_values, expected_grads = jax.jit(AbstractFeatures.value_and_grad)(features, z, weights)
+        assert values.shape == shape[:-1] and grads.shape == shape
+        np.testing.assert_allclose(values, expected_values, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(grads, expected_grads, rtol=1e-12, atol=1e-12)
+    program = closed.lower(features, z, weights).compile().as_text()
+    assert (" dot(" in program) == (not unrolled and degree > 0)
+
+
 def test_fourier_flow_step_computes_its_cosines_once():
     """In a flow step the fit builds the Fourier design `√(2/p) cos(ZΩ + b)` and the
     back-projection needs it again at the same `Z`: XLA's optimized program of the vector
