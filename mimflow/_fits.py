@@ -6,9 +6,7 @@ of the value function `V̂(W)` is that of the data term with the fitted function
 held fixed (`mimflow.flows`).
 """
 
-import functools
 import math
-import operator
 from typing import Literal
 
 import equinox as eqx
@@ -18,8 +16,9 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from . import _hermite
 from ._checks import check_finite, check_int, check_key, check_range
-from ._hermite import _hermite_list, hermite_1d, hermite_basis, multi_indices
+from ._hermite import expansion_value_and_grad, hermite_1d, hermite_basis, multi_indices
 
 
 def _jitter(dtype: jnp.dtype) -> float:
@@ -237,33 +236,13 @@ class HermiteFeatureMap(AbstractFeatures):
 
     def value_and_grad(self, z, weights):
         # ∂h_α/∂z_i = √α_i h_{α_i − 1}(z_i) Π_{l≠i} h_{α_l}(z_l) (h_k′ = √k h_{k−1})
-        alphas = np.concatenate([multi_indices(self.dim, j) for j in range(self.degree + 1)])
-        if alphas.shape[0] * (self.dim + 1) > _UNROLL_TERMS:
+        degrees = range(self.degree + 1)
+        if _hermite._expansion_terms(self.dim, degrees) > _hermite._UNROLL_TERMS:
             return self._value_and_grad_designs(z, weights)
-        # a sum of static products of the 1-D columns `h_k(z_l)`: one fused elementwise pass
-        # over the rows (r + 1 designs times θ took 9× as long at n = 2¹⁶, r = 2, D = 3,
-        # and 130× at r = 5, D = 4)
-        columns = [_hermite_list(self.degree, z[..., i]) for i in range(self.dim)]
-        scales = [jnp.sqrt(self.rho**j) for j in range(self.degree + 1)]
-
-        def term(total, scalar, alpha):
-            # `scalar · Π_i h_{α_i}(z_i)`, leaving out the factors `h_0 = 1`
-            factors = [columns[i][alpha[i]] for i in range(self.dim) if alpha[i] > 0]
-            product = functools.reduce(operator.mul, factors, scalar)
-            return product if total is None else total + product
-
-        value, grads = None, [None] * self.dim
-        for k, alpha in enumerate(alphas):
-            coefficient = weights[k] * scales[int(alpha.sum())]
-            value = term(value, coefficient, alpha)
-            for i in np.flatnonzero(alpha):
-                lowered = alpha.copy()
-                lowered[i] -= 1
-                grads[i] = term(grads[i], coefficient * math.sqrt(alpha[i]), lowered)
-        shape = z.shape[:-1]
-        value = jnp.broadcast_to(value, shape)
-        zero = jnp.zeros(shape, value.dtype)
-        return value, jnp.stack([zero if g is None else jnp.broadcast_to(g, shape) for g in grads], axis=-1)
+        # θ split into the design's column blocks, one per degree, each scaled by √(ρ^j)
+        starts = np.cumsum([0] + [len(multi_indices(self.dim, j)) for j in degrees])
+        coefficients = {j: jnp.sqrt(self.rho**j) * weights[starts[j] : starts[j + 1]] for j in degrees}
+        return expansion_value_and_grad(coefficients, self.dim, z)
 
     def _value_and_grad_designs(self, z, weights):
         """`value_and_grad` for many features: the design on the table with row `i`
@@ -273,13 +252,6 @@ class HermiteFeatureMap(AbstractFeatures):
         derivative = jnp.concatenate([jnp.zeros_like(table[..., :1]), roots * table[..., :-1]], axis=-1)
         grads = [self._design(table.at[..., i, :].set(derivative[..., i, :])) @ weights for i in range(self.dim)]
         return self._design(table) @ weights, jnp.stack(grads, axis=-1)
-
-
-_UNROLL_TERMS = 4096
-"""`HermiteFeatureMap.value_and_grad` writes its sums out term by term up to `p·(r + 1)`
-this many terms (`p` features), and multiplies designs with `θ` above. At r = 6, D = 5
-(3 234 terms, n = 2¹⁴): 4.2 ms a call and 4.7 s to compile, against 507 ms and ≈ 10 s
-for the designs (2026-11-23, 2 CPU cores)."""
 
 
 # --- fits ---------------------------------------------------------------------------

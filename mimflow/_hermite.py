@@ -12,6 +12,8 @@ coefficients `c_α = ⟨f, h_α⟩` of `⟨T_j, H_j(z)⟩` are related by
 import functools
 import itertools
 import math
+import operator
+from collections.abc import Iterable
 
 import jax.numpy as jnp
 import numpy as np
@@ -141,8 +143,54 @@ def evaluate_coefficients(
 ) -> Float[Array, "*batch"]:
     """`Σ_j Σ_{|α|=j} c_α h_α(z)` for `z` of shape `(*batch, dim)`."""
     z = jnp.asarray(z)
+    if _expansion_terms(dim, coefficients) <= _UNROLL_TERMS:
+        return expansion_value_and_grad(coefficients, dim, z, grad=False)[0]
     table = hermite_1d(max(coefficients), z)  # (*batch, dim, D + 1)
     return sum(hermite_basis(dim, j, z, table) @ c for j, c in coefficients.items())
+
+
+def _expansion_terms(dim: int, degrees: Iterable[int]) -> int:
+    """The terms `expansion_value_and_grad` writes out: `r + 1` per multi-index."""
+    return sum(len(multi_indices(dim, j)) for j in degrees) * (dim + 1)
+
+
+_UNROLL_TERMS = 4096
+"""Hermite expansions are evaluated term by term (`expansion_value_and_grad`) up to this
+many terms, `_expansion_terms`; above it as designs times coefficients. At r = 6, D = 5
+(3 234 terms, n = 2¹⁴) the value and gradient took 4.2 ms a call and 4.7 s to compile,
+against 507 ms and ≈ 10 s for designs (Hermite features, 2026-11-23, 2 CPU cores)."""
+
+
+def expansion_value_and_grad(
+    coefficients: dict[int, Float[Array, " count"]], dim: int, z: Float[Array, "*batch dim"], grad: bool = True
+) -> tuple[Float[Array, "*batch"], Float[Array, "*batch dim"] | None]:
+    """`f(z) = Σ_j Σ_{|α|=j} c_α h_α(z)` (coefficients in the order of `multi_indices`)
+    and, if `grad`, `∇f(z)` by `h_k′ = √k h_{k−1}`, written out term by term over the
+    1-D columns `h_k(z_l)`: one fused elementwise pass over the rows, with no design
+    matrix (designs times `c` took 9× as long at n = 2¹⁶, r = 2, D = 3, and 130× at
+    r = 5, D = 4). Unchecked, for traced code; the program grows with `_expansion_terms`."""
+    columns = [_hermite_list(max(coefficients), z[..., i]) for i in range(dim)]
+
+    def term(total, scalar, alpha):
+        # `scalar · Π_i h_{α_i}(z_i)`, leaving out the factors `h_0 = 1`
+        factors = [columns[i][alpha[i]] for i in range(dim) if alpha[i] > 0]
+        product = functools.reduce(operator.mul, factors, scalar)
+        return product if total is None else total + product
+
+    value, grads = None, [None] * dim
+    for j, c in coefficients.items():
+        for k, alpha in enumerate(multi_indices(dim, j)):
+            value = term(value, c[k], alpha)
+            for i in np.flatnonzero(alpha) if grad else ():
+                lowered = alpha.copy()
+                lowered[i] -= 1
+                grads[i] = term(grads[i], c[k] * math.sqrt(alpha[i]), lowered)
+    shape = z.shape[:-1]
+    value = jnp.broadcast_to(value, shape)
+    if not grad:
+        return value, None
+    zero = jnp.zeros(shape, value.dtype)
+    return value, jnp.stack([zero if g is None else jnp.broadcast_to(g, shape) for g in grads], axis=-1)
 
 
 def apply_each(

@@ -228,11 +228,11 @@ def test_hermite_feature_gradients_both_ways(r, degree, unrolled, monkeypatch):
     `_UNROLL_TERMS`) or as designs times `θ` (above), against `jax.vjp` of the design
     `φ(z)ᵀθ` (the hand-coded derivative left out), for degrees 0 to 4 and r = 1 to 4 (a
     batch of rows `(2, 20, r)` too). The term-by-term program has no matrix product."""
-    import mimflow._fits as fits
+    import mimflow._hermite as hermite
     from mimflow._fits import AbstractFeatures
 
     if not unrolled:
-        monkeypatch.setattr(fits, "_UNROLL_TERMS", 0)
+        monkeypatch.setattr(hermite, "_UNROLL_TERMS", 0)
     rng = np.random.default_rng(10 * r + degree)
     features = mimflow.HermiteFeatures(degree, ridge=1e-3, rho=0.6).features(r)
     # a new function each time: jit's cache would otherwise keep the other branch's trace

@@ -765,3 +765,30 @@ def test_planted_flow_rejects_dataset_of_wrong_dimension():
     target = mimflow.Target(links.staircase(2), np.eye(6)[:, :2])
     with pytest.raises(ValueError, match=r"d=5"):
         mimflow.PlantedFlow(target, mimflow.Dataset(np.zeros((10, 5)), np.zeros(10)))
+
+
+@pytest.mark.parametrize("unrolled", [True, False], ids=["term-by-term", "designs"])
+def test_planted_flow_gradient_on_data_against_numpy(unrolled, monkeypatch):
+    """The planted flow's Euclidean gradient on a dataset, `n⁻¹ Σ (f*(z_i) − y_i) x_i
+    ∇f*(z_i)ᵀ` (autodiff through the link), and its training loss, for `f* = h1(z1) +
+    z1 z2 + h3(z2)`, against NumPy with the derivatives written by hand (`h3′ = √3 h2`),
+    with the link's expansion evaluated term by term and (above `_UNROLL_TERMS`,
+    patched to 0) as designs."""
+    import mimflow._hermite as hermite
+
+    if not unrolled:
+        monkeypatch.setattr(hermite, "_UNROLL_TERMS", 0)
+    d, n = 7, 300
+    w_star = random_orthonormal(np.random.default_rng(40), d, 2)
+    target = mimflow.Target(links.staircase(2) + links.hermite(3, 2, 1), w_star, noise=0.3)
+    data = target.sample(jax.random.PRNGKey(40), n)
+    W = point_with_overlap(np.random.default_rng(41), w_star, 0.4)
+    X, y = np.asarray(data.X), np.asarray(data.y)
+    Z = X @ W
+    values = staircase_fn(Z) + (Z[:, 1] ** 3 - 3 * Z[:, 1]) / math.sqrt(6)
+    grads = np.stack([1 + Z[:, 1], Z[:, 0] + (3 * Z[:, 1] ** 2 - 3) / math.sqrt(6)], axis=1)
+    expected = X.T @ ((values - y)[:, None] * grads) / n
+    flow = mimflow.PlantedFlow(target, data)
+    gradient, loss = jax.jit(lambda W: (flow.gradient(W), flow.train_loss(W)))(jnp.asarray(W))
+    np.testing.assert_allclose(gradient, expected, rtol=1e-12, atol=1e-12 * np.abs(expected).max())
+    np.testing.assert_allclose(loss, 0.5 * np.mean((y - values) ** 2), rtol=1e-12)
