@@ -408,6 +408,62 @@ def test_random_features_against_oracle(kind, p, n):
 
 
 @pytest.mark.parametrize(
+    "n, block", [(1000, 64), (1024, 64), (40, 16)], ids=["remainder", "whole-blocks", "two-blocks-and-a-half"]
+)
+def test_relu_features_by_row_blocks(n, block, monkeypatch):
+    """On a CPU from `_ROW_BLOCK_MIN_ROWS` rows on (patched to 0 here, blocks of 64
+    rows, or 16), the ReLU-feature fit sums `ΦᵀΦ` and `yᵀΦ` over row blocks and
+    `value_and_grad` runs block by block (then the `n mod block` rows left): the fit against the NumPy/SciPy
+    primal solve, the values and gradients against NumPy's `relu` and its mask, the
+    two-timescale vector field against NumPy, alone and vmapped over 3 starts sharing the
+    data; and the compiled program does loop over blocks (default threshold: it does not)."""
+    from mimflow import _fits
+
+    rng = np.random.default_rng(31)
+    r, d, p, mu = 2, 6, 24, 1e-2
+    w_star = np.linalg.qr(rng.standard_normal((d, r)))[0]
+    target = mimflow.Target(mimflow.links.hermite(1, 2, 0) + mimflow.links.hermite(3, 2, 1), w_star, noise=0.2)
+    data = target.sample(jax.random.PRNGKey(31), n)
+    X, y = np.asarray(data.X), np.asarray(data.y)
+    Ws = np.stack([np.linalg.qr(rng.standard_normal((d, r)))[0] for _ in range(3)])
+    fit = mimflow.RandomFeatures(p, jax.random.PRNGKey(32), ridge=mu, kind="relu")
+    A, b = np.asarray(fit.features(r).weights), np.asarray(fit.features(r).biases)
+
+    def step_np(W):
+        """fit, values, gradients and vector field in NumPy (primal ridge, relative jitter
+        1e-12·mean diag as the library's Cholesky: a 1e-12 relative change)."""
+        Z = X @ W
+        pre = Z @ A + b
+        design = np.maximum(pre, 0) / math.sqrt(p)
+        gram = design.T @ design
+        jitter = 1e-12 * max(np.mean(np.diag(gram)), 1.0)
+        theta = scipy.linalg.solve(gram + (n * mu + jitter) * np.eye(p), design.T @ y, assume_a="pos")
+        grads = ((pre > 0) * theta / math.sqrt(p)) @ A.T
+        G = X.T @ ((design @ theta - y)[:, None] * grads) / n
+        return theta, design @ theta, grads, -(G - W @ (W.T @ G))
+
+    def step(W):
+        Z = data.X @ W
+        fitted = fit.fit(Z, data.y)
+        values, grads = fitted.value_and_grad(Z)
+        return fitted.weights, values, grads, mimflow.TwoTimescaleFlow(target, fit, data).vector_field(0.0, W)
+
+    # (drawing the random features has loops of its own; a new function each time, or
+    # jit's cache would keep the first trace)
+    loops = lambda: jax.jit(lambda W: step(W)).lower(jnp.asarray(Ws[0])).as_text().count("stablehlo.while")
+    whole = loops()  # 1 024 rows or fewer
+    monkeypatch.setattr(_fits, "_ROW_BLOCK_MIN_ROWS", 0)
+    monkeypatch.setattr(_fits, "_ROW_BLOCK", block)
+    assert loops() == whole + 4  # the fit's scan and the gradient's map, in `step` and in the field
+    alone = jax.jit(lambda W: step(W))(jnp.asarray(Ws[0]))
+    batched = jax.jit(jax.vmap(lambda W: step(W)))(jnp.asarray(Ws))
+    for i, got in [(0, alone)] + [(i, jax.tree.map(lambda a, i=i: a[i], batched)) for i in range(3)]:
+        for name, actual, expected in zip(["θ", "values", "gradients", "field"], got, step_np(Ws[i]), strict=True):
+            scale = np.max(np.abs(expected))
+            np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-11 * scale, err_msg=f"{name}, start {i}")
+
+
+@pytest.mark.parametrize(
     "degree, rho, n, r", [(0, 1.0, 30, 2), (3, 0.6, 80, 2), (6, 0.5, 20, 2), (2, 0.8, 15, 3)], ids=str
 )
 def test_hermite_features_against_oracle(degree, rho, n, r):
