@@ -4,6 +4,7 @@ import math
 
 import jax.numpy as jnp
 import numpy as np
+from scipy.integrate import solve_ivp
 
 
 def array_module(x):
@@ -36,3 +37,24 @@ def closed_form_two_timescale(alpha, s, m0):
         return math.log(x) - math.log1p(-x) - sum(x ** (1 - i) / (i - 1) for i in range(2, s + 1))
 
     return (antiderivative(0.25) - antiderivative(m0 * m0)) / (2 * s * alpha**2)
+
+
+def h1_h3_rhs(t, y):
+    """`Ṁ = (I − G) B(G) M` for h1(z1) + h3(z2) in NumPy: `B(G) = diag(1, 3 G₂₂²)`."""
+    M = y.reshape(2, 2)
+    G = M @ M.T
+    return ((np.eye(2) - G) @ np.diag([1.0, 3 * G[1, 1] ** 2]) @ M).ravel()
+
+
+def radau_h1_h3_escapes(M0, t1, ts=None):
+    """The reduced ODE of h1(z1) + h3(z2) from `M0` by SciPy's Radau (rtol 1e-12, atol
+    1e-14): the times at which the singular values of `M` cross ½ upwards (`inf` where
+    none does by `t1`), and the overlaps at `ts` (`None` without `ts`)."""
+    events = []
+    for i in range(2):
+        event = lambda t, y, i=i: np.linalg.svd(y.reshape(2, 2), compute_uv=False)[i] - 0.5
+        event.direction = 1
+        events.append(event)
+    sol = solve_ivp(h1_h3_rhs, (0, t1), np.ravel(M0), "Radau", t_eval=ts, rtol=1e-12, atol=1e-14, events=events)
+    escapes = np.array([e[0] if len(e) else np.inf for e in sol.t_events])
+    return escapes, None if ts is None else sol.y.T.reshape(-1, 2, 2)

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.integrate import quad, solve_ivp
+from helpers import radau_h1_h3_escapes
+from scipy.integrate import quad
 
 import mimflow
 from mimflow import links
@@ -48,23 +49,6 @@ def test_single_index_escape_time_matches_quadrature(problem):
     assert float(traj.loss[-1]) < 1e-12  # learned: the steady-state stop at the minimum
 
 
-def _two_direction_rhs(t, y):
-    """`Ṁ = (I − G) B(G) M` for h1(z1) + h3(z2) in NumPy: `B(G) = diag(1, 3 G₂₂²)`."""
-    M = y.reshape(2, 2)
-    G = M @ M.T
-    return ((np.eye(2) - G) @ np.diag([1.0, 3 * G[1, 1] ** 2]) @ M).ravel()
-
-
-def _scipy_escapes(M0, t1, ts):
-    events = []
-    for i in range(2):
-        event = lambda t, y, i=i: np.linalg.svd(y.reshape(2, 2), compute_uv=False)[i] - 0.5
-        event.direction = 1
-        events.append(event)
-    sol = solve_ivp(_two_direction_rhs, (0, t1), M0.ravel(), "Radau", t_eval=ts, rtol=1e-12, atol=1e-14, events=events)
-    return np.array([e[0] if len(e) else np.inf for e in sol.t_events]), sol.y.T.reshape(-1, 2, 2)
-
-
 @pytest.fixture(scope="module")
 def batch():
     """Eight h1 + h3 runs at d = 100 with `Rodas4`, vmapped (the batched rule)."""
@@ -80,7 +64,7 @@ def test_batch_matches_scipy_radau_on_a_numpy_right_hand_side(batch):
     escapes = np.asarray(mimflow.escape_times(traj))
     ts = np.asarray(traj.ts[0])
     for b in range(3):
-        expected, saves = _scipy_escapes(np.asarray(M0[b]), 1e5, ts)
+        expected, saves = radau_h1_h3_escapes(np.asarray(M0[b]), 1e5, ts)
         np.testing.assert_allclose(escapes[b], expected, rtol=1e-7)
         reached = ts <= 2 * expected[1]  # before the steady-state stop freezes the state
         np.testing.assert_allclose(np.asarray(traj.overlap[b])[reached], saves[reached], atol=1e-8)
@@ -163,7 +147,7 @@ def test_experiments_sweeps_and_configs_take_rodas4(tmp_path):
     fast = mimflow.sweep(experiment, {"seed": range(3), "rtol": [1e-10]})
     assert (fast.status.values == mimflow.Status.SUCCESS).all()
     for seed in range(2):  # against Radau at 1e-12 on a NumPy right-hand side
-        expected, _ = _scipy_escapes(fast.overlap.values[seed, 0, 0], 1e5, fast.time.values)
+        expected, _ = radau_h1_h3_escapes(fast.overlap.values[seed, 0, 0], 1e5, fast.time.values)
         np.testing.assert_allclose(fast.escape_time.values[seed, 0], expected, rtol=1e-8)
     with pytest.raises(ValueError, match="stepsize_controller"):
         mimflow.simulate_reduced(TWO, np.eye(2) * 0.1, 10.0, solver=TIGHT, stepsize_controller=object())

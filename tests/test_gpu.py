@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.integrate import solve_ivp
+from helpers import radau_h1_h3_escapes
 
 import mimflow
 from mimflow import links
@@ -28,24 +28,6 @@ pytestmark = [
 ]
 
 TWO = links.hermite(1, 2, 0) + links.hermite(3, 2, 1)  # h1(z1) + h3(z2): log d, then d²
-
-
-def _two_direction_rhs(t, y):
-    """`Ṁ = (I − G) B(G) M` for h1(z1) + h3(z2) in NumPy: `B(G) = diag(1, 3 G₂₂²)`."""
-    M = y.reshape(2, 2)
-    G = M @ M.T
-    return ((np.eye(2) - G) @ np.diag([1.0, 3 * G[1, 1] ** 2]) @ M).ravel()
-
-
-def _radau_escapes(M0, t1):
-    """The times at which the overlap's singular values cross 1/2 (Radau, rtol 1e-12)."""
-    events = []
-    for i in range(2):
-        event = lambda t, y, i=i: np.linalg.svd(y.reshape(2, 2), compute_uv=False)[i] - 0.5
-        event.direction = 1
-        events.append(event)
-    solution = solve_ivp(_two_direction_rhs, (0, t1), M0.ravel(), "Radau", rtol=1e-12, atol=1e-14, events=events)
-    return np.array([e[0] if len(e) else np.inf for e in solution.t_events])
 
 
 def test_reduced_sweep_of_thousands_matches_scipy_radau():
@@ -70,7 +52,7 @@ def test_reduced_sweep_of_thousands_matches_scipy_radau():
     for d, seed in itertools.product([1e2, 1e3], [0, 1, 24, seeds - 1]):
         # the documented start of a point: sample_overlap(fold_in(key, seed), d, k, r)
         M0 = np.asarray(mimflow.sample_overlap(jax.random.fold_in(key, seed), d, 2, 2))
-        expected = _radau_escapes(M0, t1)
+        expected, _ = radau_h1_h3_escapes(M0, t1)
         got = results["tight"].escape_time.sel(d=d, seed=seed).values
         np.testing.assert_allclose(got, expected, rtol=1e-7)
         np.testing.assert_allclose(results["default"].escape_time.sel(d=d, seed=seed).values, expected, rtol=1e-4)
