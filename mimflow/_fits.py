@@ -16,7 +16,6 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from . import _hermite
 from ._checks import check_finite, check_int, check_key, check_range
 from ._hermite import expansion_value_and_grad, hermite_1d, hermite_basis, multi_indices
 
@@ -287,31 +286,17 @@ class HermiteFeatureMap(AbstractFeatures):
     rho: Float[Array, ""]
 
     def __call__(self, z):
-        return self._design(hermite_1d(self.degree, z))
-
-    def _design(self, table: Float[Array, "*batch r D+1"]) -> Float[Array, "*batch p"]:
-        """The columns `√(ρ^{|α|}) h_α` from a table of `h_k(z_i)` (or of derivatives)."""
+        table = hermite_1d(self.degree, z)  # (*batch, r, D + 1), shared by every degree
         columns = [jnp.sqrt(self.rho**j) * hermite_basis(self.dim, j, None, table) for j in range(self.degree + 1)]
         return jnp.concatenate(columns, axis=-1)
 
     def value_and_grad(self, z, weights):
-        # ∂h_α/∂z_i = √α_i h_{α_i − 1}(z_i) Π_{l≠i} h_{α_l}(z_l) (h_k′ = √k h_{k−1})
+        # θ split into the design's column blocks, one per degree, each scaled by √(ρ^j):
+        # the expansion `Σ_α θ_α √(ρ^{|α|}) h_α(z)`, and its gradient by `h_k′ = √k h_{k−1}`
         degrees = range(self.degree + 1)
-        if _hermite._expansion_terms(self.dim, degrees) > _hermite._UNROLL_TERMS:
-            return self._value_and_grad_designs(z, weights)
-        # θ split into the design's column blocks, one per degree, each scaled by √(ρ^j)
         starts = np.cumsum([0] + [len(multi_indices(self.dim, j)) for j in degrees])
         coefficients = {j: jnp.sqrt(self.rho**j) * weights[starts[j] : starts[j + 1]] for j in degrees}
         return expansion_value_and_grad(coefficients, self.dim, z)
-
-    def _value_and_grad_designs(self, z, weights):
-        """`value_and_grad` for many features: the design on the table with row `i`
-        replaced by the derivatives, times `θ`, for each `i`."""
-        table = hermite_1d(self.degree, z)  # (n, r, D + 1), shared by every degree
-        roots = jnp.sqrt(jnp.arange(1, self.degree + 1, dtype=table.dtype))
-        derivative = jnp.concatenate([jnp.zeros_like(table[..., :1]), roots * table[..., :-1]], axis=-1)
-        grads = [self._design(table.at[..., i, :].set(derivative[..., i, :])) @ weights for i in range(self.dim)]
-        return self._design(table) @ weights, jnp.stack(grads, axis=-1)
 
 
 # --- fits ---------------------------------------------------------------------------
