@@ -413,10 +413,11 @@ def test_random_features_against_oracle(kind, p, n):
 def test_relu_features_by_row_blocks(n, block, monkeypatch):
     """On a CPU from `_ROW_BLOCK_MIN_ROWS` rows on (patched to 0 here, blocks of 64
     rows, or 16), the ReLU-feature fit sums `ΦᵀΦ` and `yᵀΦ` over row blocks and
-    `value_and_grad` runs block by block (then the `n mod block` rows left): the fit against the NumPy/SciPy
-    primal solve, the values and gradients against NumPy's `relu` and its mask, the
-    two-timescale vector field against NumPy, alone and vmapped over 3 starts sharing the
-    data; and the compiled program does loop over blocks (default threshold: it does not)."""
+    `value_and_grad` runs block by block (then the `n mod block` rows left): the fit
+    against the NumPy/SciPy primal solve, the values and gradients against NumPy's `relu`
+    and its mask, the two-timescale vector field against NumPy, alone and vmapped over 3
+    starts sharing the data; and the compiled program does loop over blocks (default
+    threshold: it does not)."""
     from mimflow import _fits
 
     rng = np.random.default_rng(31)
@@ -451,7 +452,7 @@ def test_relu_features_by_row_blocks(n, block, monkeypatch):
     # (drawing the random features has loops of its own; a new function each time, or
     # jit's cache would keep the first trace)
     loops = lambda: jax.jit(lambda W: step(W)).lower(jnp.asarray(Ws[0])).as_text().count("stablehlo.while")
-    whole = loops()  # 1 024 rows or fewer
+    whole = loops()  # fewer rows than the default `_ROW_BLOCK_MIN_ROWS`: whole
     monkeypatch.setattr(_fits, "_ROW_BLOCK_MIN_ROWS", 0)
     monkeypatch.setattr(_fits, "_ROW_BLOCK", block)
     assert loops() == whole + 4  # the fit's scan and the gradient's map, in `step` and in the field
