@@ -1,13 +1,14 @@
 """Reduced-ODE sweeps: mimflow against the SciPy loop users write today (issue 8, item 1).
 
 Usage: python benchmarks/reduced_vs_scipy.py [--batches 1 64 1024 8192] [--rtol 1e-6 --atol 1e-9]
-       [--scipy-seeds 64] [--cpu-devices N] [--smoke] [--out FILE.json]
+       [--solver rodas5|rodas4] [--scipy-seeds 64] [--cpu-devices N] [--smoke] [--out FILE.json]
 
 The workload: `h1(z1) + h3(z2)` (two directions, degrees ≤ 3: a `log d` then a `d²`
 saddle) from Haar starts at d = 10³, integrated to t1 = 10⁸ with 64 log-spaced saves,
 and the escape time of each direction (first time a singular value of M reaches ½).
 
-- **mimflow**: `jit(vmap(simulate_reduced(..., solver=Rodas4(rtol, atol)) + escape_times))`,
+- **mimflow**: `jit(vmap(simulate_reduced(..., solver=Rodas5(rtol, atol)) + escape_times))`
+  (`--solver rodas4`: `Rodas4`, the figures before 2026-11-24),
   the batch split over every local device with `shard_map` (on CPU, `--cpu-devices`
   host devices, default one per core, so the run uses the cores it is given).
 - **SciPy**: `solve_ivp(method="LSODA", rtol, atol, t_eval=<the same saves>)` on a NumPy
@@ -30,6 +31,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--batches", type=int, nargs="+", default=[1, 64, 1024, 8192])
 parser.add_argument("--rtol", type=float, default=1e-6)
 parser.add_argument("--atol", type=float, default=1e-9)
+parser.add_argument("--solver", choices=["rodas5", "rodas4"], default="rodas5")
 parser.add_argument("--d", type=float, default=1e3)
 parser.add_argument("--t1", type=float, default=1e8)
 parser.add_argument("--num-saves", type=int, default=64)
@@ -136,9 +138,11 @@ def main():
     num_devices = len(jax.devices())
     print(
         f"device: {device.device_kind} ({device.platform}) × {num_devices}, jax {jax.__version__}, float64, "
-        f"rtol {args.rtol:g}, atol {args.atol:g}, d = {args.d:g}, t1 = {args.t1:g}, {args.num_saves} saves"
+        f"rtol {args.rtol:g}, atol {args.atol:g}, d = {args.d:g}, t1 = {args.t1:g}, {args.num_saves} saves, "
+        f"solver {args.solver}"
     )
-    fast = sharded(lambda M0: one(M0, mimflow.Rodas4(args.rtol, args.atol)))
+    solver_class = {"rodas5": mimflow.Rodas5, "rodas4": mimflow.Rodas4}[args.solver]
+    fast = sharded(lambda M0: one(M0, solver_class(args.rtol, args.atol)))
     reference = jax.jit(jax.vmap(lambda M0: one(M0, None)))
     sample = jax.jit(jax.vmap(lambda key: mimflow.sample_overlap(key, args.d, 2, 2)))
     ts = np.asarray(mimflow.save_times(args.t1, args.num_saves, 1e-2))
@@ -197,6 +201,7 @@ def main():
         d=args.d,
         t1=args.t1,
         num_saves=args.num_saves,
+        solver=args.solver,
     )
     if args.out:
         write_json(args.out, {**meta, "rows": rows})  # flat, as run_all.py reads it

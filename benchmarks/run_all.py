@@ -39,7 +39,8 @@ def scaling_figure(results: dict, path: Path) -> dict:
         exponents["reduced_time_vs_B"] = (
             exponent(batch[batch >= 64], seconds[batch >= 64]) if (batch >= 64).sum() >= 2 else None
         )
-        axes[0].loglog(batch, seconds, "o-", label="mimflow (Rodas4)")
+        solver = results["reduced_vs_scipy"].get("solver", "rodas4").capitalize()
+        axes[0].loglog(batch, seconds, "o-", label=f"mimflow ({solver})")
         scipy = np.array([1 / row["scipy_traj_per_s"] for row in rows]) * batch
         axes[0].loglog(batch, scipy, "s--", label="SciPy LSODA loop")
         axes[0].set(

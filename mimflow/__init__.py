@@ -12,7 +12,9 @@ from ._experiments import AbstractExperiment as AbstractExperiment
 from ._experiments import FlowExperiment as FlowExperiment
 from ._experiments import ReducedExperiment as ReducedExperiment
 from ._experiments import padded_normal as padded_normal
+from ._fast import AbstractRosenbrock as AbstractRosenbrock
 from ._fast import Rodas4 as Rodas4
+from ._fast import Rodas5 as Rodas5
 from ._fits import RBF as RBF
 from ._fits import AbstractFit as AbstractFit
 from ._fits import AbstractFittedLink as AbstractFittedLink

@@ -23,7 +23,7 @@ import yaml
 from . import links
 from ._checks import MAX_DEGREE
 from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
-from ._fast import Rodas4
+from ._fast import AbstractRosenbrock, Rodas4, Rodas5
 from ._fits import RBF, AbstractFit, ArcCosine, HermiteFeatures, KernelRidge, Mehler, Polynomial, RandomFeatures
 from ._link import Link
 
@@ -362,9 +362,10 @@ def link_label(spec: dict | list[dict]) -> str:
 
 DYNAMICS = ("reduced", "population", "finite-sample")
 PROBLEMS = ("two-timescale", "planted")
-SOLVERS: dict[str, type[diffrax.AbstractSolver] | type[Rodas4] | None] = {
+SOLVERS: dict[str, type[diffrax.AbstractSolver] | type[AbstractRosenbrock] | None] = {
     "default": None,
     "rodas4": Rodas4,
+    "rodas5": Rodas5,
     "tsit5": diffrax.Tsit5,
     "dopri5": diffrax.Dopri5,
     "dopri8": diffrax.Dopri8,
@@ -542,8 +543,9 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
         "atol": None if solver.get("atol") is None else _number(solver["atol"], "solver.atol", low=0, low_open=True),
         "max_steps": _number(solver.get("max_steps", 16384), "solver.max_steps", low=1, integer=True),
     }
-    if c["solver"]["name"] == "rodas4" and c["dynamics"] != "reduced":
-        raise _fail("solver.name", "rodas4 integrates the reduced dynamics only (dynamics: reduced)", "rodas4")
+    if c["solver"]["name"] in ("rodas4", "rodas5") and c["dynamics"] != "reduced":
+        name = c["solver"]["name"]
+        raise _fail("solver.name", f"{name} integrates the reduced dynamics only (dynamics: reduced)", name)
     c["precision"] = _choice(raw.get("precision", "float64"), "precision", PRECISIONS)
     output = _mapping(raw.get("output") or {}, "output", ["dir", "batch_size", "escape_threshold"])
     out_dir = output.get("dir", f"results/{name}")

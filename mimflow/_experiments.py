@@ -18,7 +18,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_int, check_key, check_range
-from ._fast import Rodas4
+from ._fast import AbstractRosenbrock
 from ._fits import AbstractFit, HermiteFeatures, KernelRidge, Mehler
 from ._flows import Dataset, PlantedFlow, Population, Target, TwoTimescaleFlow
 from ._integrate import Trajectory, check_time_grid, default_controller, save_times, simulate_reduced
@@ -118,8 +118,8 @@ class ReducedExperiment(AbstractExperiment):
     **Axes:** `seed`, `d`, `link` (links of one structure), and for the two-timescale
     problem `ridge`, `rho`; `rtol`, `atol` (the step controller's tolerances).
     Fields give the defaults of axes not swept; `rtol`, `atol` default to
-    `default_tolerances`, `solver` to `simulate_reduced`'s (Kvaerno5); `Rodas4()` runs
-    large batches several times faster (not reverse-mode differentiable).
+    `default_tolerances`, `solver` to `simulate_reduced`'s (Kvaerno5); `Rodas5()` (or
+    `Rodas4()`) runs large batches several times faster (not reverse-mode differentiable).
 
     **Example:**
     ```python
@@ -192,8 +192,10 @@ class ReducedExperiment(AbstractExperiment):
         else:
             problem = make_problem(link, ridge=point.get("ridge", self.ridge), rho=point.get("rho", self.rho))
         rtol, atol = point.get("rtol", self.rtol), point.get("atol", self.atol)
-        if isinstance(self.solver, Rodas4):  # it controls its own steps
-            solver = Rodas4(self.solver.rtol if rtol is None else rtol, self.solver.atol if atol is None else atol)
+        if isinstance(self.solver, AbstractRosenbrock):  # it controls its own steps
+            rtol = self.solver.rtol if rtol is None else rtol
+            atol = self.solver.atol if atol is None else atol
+            solver = type(self.solver)(rtol, atol, self.solver.lanes)
             controller = None
         else:
             solver, controller = self.solver, default_controller(self.save_times(), rtol, atol)
@@ -316,8 +318,10 @@ class FlowExperiment(AbstractExperiment):
             raise ValueError("finite data (`n`) needs a `fit` (KernelRidge, RandomFeatures, HermiteFeatures), got None")
         if fit is not None and not isinstance(fit, AbstractFit):
             raise ValueError(f"`fit` must be a mimflow fit or None, got {type(fit).__name__}")
-        if isinstance(solver, Rodas4):
-            raise ValueError("`solver`: Rodas4 integrates the reduced dynamics only; give a flow a diffrax solver")
+        if isinstance(solver, AbstractRosenbrock):
+            raise ValueError(
+                f"`solver`: {type(solver).__name__} integrates the reduced dynamics only; give a flow a diffrax solver"
+            )
         if d is not None and (not isinstance(d, int) or not link.dim + r <= d <= d_max):
             raise ValueError(f"`d` must be an integer in [k + r, d_max] = [{link.dim + r}, {d_max}], got {d!r}")
         check_range("noise", noise, low=0.0)
@@ -402,8 +406,10 @@ def _controls(
 ) -> tuple[diffrax.AbstractSolver | None, Array | None, Array | None]:
     """The solver and the step controller's default tolerances, checked (`None`: the
     simulation's default solver, `default_tolerances`)."""
-    if solver is not None and not isinstance(solver, diffrax.AbstractSolver | Rodas4):
-        raise ValueError(f"`solver` must be a diffrax solver, mimflow.Rodas4 or None, got {type(solver).__name__}")
+    if solver is not None and not isinstance(solver, diffrax.AbstractSolver | AbstractRosenbrock):
+        raise ValueError(
+            f"`solver` must be a diffrax solver, mimflow.Rodas5, mimflow.Rodas4 or None, got {type(solver).__name__}"
+        )
     for name, value in (("rtol", rtol), ("atol", atol)):
         if value is not None:
             check_range(name, value, low=0.0, low_open=True)

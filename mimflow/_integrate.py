@@ -12,7 +12,7 @@ import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
 from ._checks import check_int, check_range, is_concrete, rounding_tolerance
-from ._fast import Rodas4, gram_eigenvalues, known_entries, solve_rodas4
+from ._fast import AbstractRosenbrock, gram_eigenvalues, known_entries, solve_rosenbrock
 from ._link import Link
 from ._overlap import principal_cosines
 from ._reduced import AbstractProblem, ProblemName, make_problem
@@ -493,7 +493,9 @@ def simulate_reduced(
     - `num_saves`, `t_min`: saves at `0` and `num_saves − 1` log-spaced times in `[t_min, t1]`.
     - `solver`, `stepsize_controller`: any diffrax solver and controller; default
       `Kvaerno5` (Newton root finder) and `PIDController(rtol, atol)` with `(1e-9, 1e-12)` in float64,
-      `(1e-5, 1e-8)` in float32, clipped so that steps end on the save times.
+      `(1e-5, 1e-8)` in float32, clipped so that steps end on the save times. Or
+      `mimflow.Rodas5()` / `Rodas4()` (no controller: they control their own steps) for
+      fast batches under `jax.vmap`, not reverse-mode differentiable.
     - `max_steps`: step budget; `adjoint`: diffrax adjoint for gradients (default
       `RecursiveCheckpointAdjoint`).
 
@@ -509,16 +511,17 @@ def simulate_reduced(
     if is_concrete(M0) and (largest := np.linalg.norm(M0, 2)) > 1 + rounding_tolerance(np.asarray(M0)):
         raise ValueError(f"`M0` must be an overlap W*ᵀW0, with singular values ≤ 1, got largest {largest:.6g}")
     check_time_grid(t1, t_min, num_saves, max_steps)
-    check_controls(None if isinstance(solver, Rodas4) else solver, stepsize_controller, adjoint)
+    check_controls(None if isinstance(solver, AbstractRosenbrock) else solver, stepsize_controller, adjoint)
     M0 = jnp.asarray(M0, dtype=float)
     ts = save_times(t1, num_saves, t_min)
-    if isinstance(solver, Rodas4):
+    if isinstance(solver, AbstractRosenbrock):
         if stepsize_controller is not None or adjoint is not None:
             raise ValueError(
-                "`Rodas4` controls its own steps (its `rtol`, `atol`) and is not differentiable in reverse mode: "
+                f"`{type(solver).__name__}` controls its own steps (its `rtol`, `atol`) and is not differentiable "
+                "in reverse mode: "
                 "pass neither `stepsize_controller` nor `adjoint` with it"
             )
-        return solve_rodas4(prob, M0, ts, solver, max_steps, steady_state, known_entries(prob))
+        return solve_rosenbrock(prob, M0, ts, solver, max_steps, steady_state, known_entries(prob))
     solver = _default_solver(ts.dtype) if solver is None else solver
     if stepsize_controller is None:
         stepsize_controller = default_controller(ts)
