@@ -426,9 +426,9 @@ def _stored(one):
     consumer, so each of a stage's `k·r` outputs recomputed the whole chain of stages
     before it (a step was ≈ 5.5× its distinct operations). A division is not copied:
     its result is stored once and read. Applied to each stage's right-hand side and
-    solution, a step's fused program shrinks from 8 262 to 3 808 operations per lane
-    (`Rodas5`, `h1 + h3`) and runs ≈ 1.55× faster (`benchmarks/RESULTS.md`); the
-    divisions by 1 are exact. On a GPU each stored value would be one more kernel per
+    solution, a step's fused program shrinks from 8 262 to 3 791 operations per lane
+    (`Rodas5`, `h1 + h3`; `Rodas4`: 6 669 to 3 866) and a batch runs ≈ 1.5× faster
+    (`benchmarks/RESULTS.md`); the divisions by 1 are exact. On a GPU each stored value would be one more kernel per
     step, so nothing is stored there."""
     if jax.default_backend() != "cpu":
         return None
