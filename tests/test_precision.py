@@ -22,8 +22,9 @@ from mimflow._runner import CONFIG, _stored_config
 ROOT = Path(__file__).resolve().parent.parent
 
 # The README's float32 bounds ("Precision": escape times before t ≈ 10⁶ against x64, which is
-# within 1e-7 of the closed form; default tolerances 1e-5, 1e-8): default solver and Rodas4.
-BOUND = {"default": 3e-4, "rodas4": 1e-4}
+# within 1e-7 of the closed form; default tolerances 1e-5, 1e-8): default solver, Rodas4
+# and Rodas5.
+BOUND = {"default": 3e-4, "rodas4": 1e-4, "rodas5": 1e-4}
 
 
 def closed_form_escape(s, m0):
@@ -58,6 +59,12 @@ WORKER = textwrap.dedent(
     out.update(float_dtypes=sorted(floats), status=np.asarray(traj.status).tolist(),
                escape=np.asarray(escape[:, 0], dtype=float).tolist(),
                final=np.asarray(traj.singular_values[:, -1, 0], dtype=float).tolist())
+    # the same single-index targets with Rodas5 (concrete links, one program each)
+    rodas5 = [mimflow.simulate_reduced(links.hermite(s), np.array([[m0]]), t, num_saves=24, solver=mimflow.Rodas5())
+              for (s, m0), t in zip(cases, t1)]
+    out.update(rodas5_status=[int(traj.status) for traj in rodas5],
+               rodas5_escape=[float(mimflow.escape_times(traj)[0]) for traj in rodas5],
+               rodas5_dtypes=sorted({str(traj.overlap.dtype) for traj in rodas5}))
     # late h4 escapes with Rodas4, whose steps are forced at the time floor
     late, late_t1 = np.asarray(json.loads(sys.argv[3])), np.asarray(json.loads(sys.argv[4]))
     def late_one(M0, t1):
@@ -124,11 +131,13 @@ def test_float32_end_to_end(float32_run):
 
 
 def test_float32_escape_times_within_documented_bounds(float32_run):
-    """The default solver here; `Rodas4` in the config run below."""
+    """The default solver and `Rodas5` here; `Rodas4` in the config run below."""
     out, expected = float32_run
     assert out["status"] == [0] * len(CASES)
     np.testing.assert_allclose(out["escape"], expected, rtol=BOUND["default"])
     np.testing.assert_allclose(out["final"], 1.0, atol=1e-5)  # learned by 4× the escape time
+    assert out["rodas5_status"] == [0] * len(CASES) and out["rodas5_dtypes"] == ["float32"]
+    np.testing.assert_allclose(out["rodas5_escape"], expected, rtol=BOUND["rodas5"])
 
 
 def test_float32_late_escapes_never_end_in_a_silent_success(float32_run):
