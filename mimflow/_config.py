@@ -543,9 +543,10 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
         "atol": None if solver.get("atol") is None else _number(solver["atol"], "solver.atol", low=0, low_open=True),
         "max_steps": _number(solver.get("max_steps", 16384), "solver.max_steps", low=1, integer=True),
     }
-    if c["solver"]["name"] in ("rodas4", "rodas5") and c["dynamics"] != "reduced":
-        name = c["solver"]["name"]
-        raise _fail("solver.name", f"{name} integrates the reduced dynamics only (dynamics: reduced)", name)
+    solver_class = SOLVERS[c["solver"]["name"]]
+    if isinstance(solver_class, type) and issubclass(solver_class, AbstractRosenbrock) and c["dynamics"] != "reduced":
+        chosen = c["solver"]["name"]
+        raise _fail("solver.name", f"{chosen} integrates the reduced dynamics only (dynamics: reduced)", chosen)
     c["precision"] = _choice(raw.get("precision", "float64"), "precision", PRECISIONS)
     output = _mapping(raw.get("output") or {}, "output", ["dir", "batch_size", "escape_threshold"])
     out_dir = output.get("dir", f"results/{name}")
