@@ -132,14 +132,15 @@ def test_agrees_with_the_diffrax_path_for_planted_and_ridge(solver):
         np.testing.assert_allclose(mimflow.escape_times(fast), mimflow.escape_times(slow), rtol=1e-6)
 
 
-@pytest.mark.slow  # 20 CPU-s, for CI time (the only check of Rodas4 on traced links and ridges: run with -m slow)
-def test_agrees_with_the_diffrax_path_for_traced_ridge_and_links():
+@pytest.mark.slow  # 20 CPU-s each, for CI time (the only check on traced links and ridges: run with -m slow)
+@pytest.mark.parametrize("solver", [TIGHT4, TIGHT5], ids=["rodas4", "rodas5"])
+def test_agrees_with_the_diffrax_path_for_traced_ridge_and_links(solver):
     """Ridge shrinkage swept under vmap (traced weights) and a link passed through `jit`
     (traced tensors, no structural zeros) against Kvaerno5."""
     M0 = mimflow.sample_overlap(jax.random.PRNGKey(0), 50.0, 2, 2)
     traced = jax.jit(
         jax.vmap(
-            lambda link, ridge: mimflow.simulate_reduced(link, M0, 1e4, ridge=ridge, num_saves=16, solver=TIGHT4).loss,
+            lambda link, ridge: mimflow.simulate_reduced(link, M0, 1e4, ridge=ridge, num_saves=16, solver=solver).loss,
             in_axes=(None, 0),
         )
     )(TWO, jnp.array([0.0, 0.5]))
