@@ -394,13 +394,13 @@ def _jacobian(field: Callable, y: tuple) -> list:
     return [[columns[j][i] for j in range(n)] for i in range(n)]
 
 
-def _rosenbrock_step(method: _Method, field: Callable, y: tuple, fy: tuple, h, jacobian: list, keep=None):
+def _rosenbrock_step(
+    method: _Method, field: Callable, y: tuple, fy: tuple, h, jacobian: list, keep: Callable = lambda v: v
+):
     """One step of `method` of size `h` from `y` (`fy = f(y)`): `(y1, error estimate)`.
-    `keep` (default: none) is applied to each stage's right-hand side and solution (see
-    `_stored`)."""
-    keep = (lambda v: v) if keep is None else keep
+    `keep` is applied to each stage's right-hand side and solution (`_stored`)."""
     n = len(y)
-    scale = 1.0 / (method.gamma * h)
+    scale, inv_h = 1.0 / (method.gamma * h), 1.0 / h
     factors = _lu([[(scale if i == j else 0.0) - jacobian[i][j] for j in range(n)] for i in range(n)])
     ks: list = []
     stage = y
@@ -413,14 +413,13 @@ def _rosenbrock_step(method: _Method, field: Callable, y: tuple, fy: tuple, h, j
             else:
                 stage = tuple(stage[i] + ks[s - 1][i] for i in range(n))
             f_stage = field(stage)
-            inv_h = 1.0 / h
             rhs = tuple(f_stage[i] + inv_h * sum(c_row[j] * ks[j][i] for j in range(s)) for i in range(n))
         ks.append([keep(v) for v in _lu_solve(factors, [keep(v) for v in rhs])])
     y1 = tuple(stage[i] + ks[-1][i] for i in range(n))
     return y1, tuple(ks[-1])
 
 
-def _stored(one):
+def _stored(one) -> Callable:
     """On a CPU, `v ↦ v / one` with `one` an exact 1 that XLA cannot see is 1; elsewhere
     the identity. XLA's CPU fusion copies cheap elementwise producers into every
     consumer, so each of a stage's `k·r` outputs recomputed the whole chain of stages
@@ -428,10 +427,10 @@ def _stored(one):
     its result is stored once and read. Applied to each stage's right-hand side and
     solution, a step's fused program shrinks from 8 262 to 3 791 operations per lane
     (`Rodas5`, `h1 + h3`; `Rodas4`: 6 669 to 3 866) and a batch runs ≈ 1.5× faster
-    (`benchmarks/RESULTS.md`); the divisions by 1 are exact. On a GPU each stored value would be one more kernel per
-    step, so nothing is stored there."""
+    (`benchmarks/RESULTS.md`); the divisions by 1 are exact. On a GPU each stored value
+    would be one more kernel per step, so nothing is stored there."""
     if jax.default_backend() != "cpu":
-        return None
+        return lambda v: v
     return lambda v: v / one
 
 
@@ -656,6 +655,8 @@ def _integrate_batch(problem, overlap0, ts, rtol, atol, *, method, max_steps, st
         # squared, relative to the state's size (the square root is taken once, at the end)
         size2 = jnp.maximum(sum(v * v for v in s.y), sum(v * v for v in y1))
         forced_error2 = sum(e * e for e in error) / jnp.maximum(size2, tiny)
+        # `Rodas4`'s ¼ as two square roots, as before `Rodas5`: cheaper than a power, and
+        # its arithmetic unchanged
         power = (lambda v: jnp.sqrt(jnp.sqrt(v))) if method.exponent == 0.25 else (lambda v: v**method.exponent)
         factor = jnp.where(finite, jnp.clip(power(norm) / 0.9, 1 / 6, 5.0), 5.0)
         if method.predictive:
