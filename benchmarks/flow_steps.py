@@ -142,7 +142,7 @@ from _common import run_meta, write_json  # noqa: E402
 
 import mimflow  # noqa: E402
 from mimflow import links  # noqa: E402
-from mimflow._flows import _transposed_X, _with_transpose  # noqa: E402
+from mimflow._flows import _back_project, _project, _with_transpose  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DTYPE = jnp.dtype(args.dtype)
@@ -255,8 +255,9 @@ def loop_step_time(flow, W, count):
 @jax.jit
 def products(data, W, R):
     """The two big products of a step alone: `Z = X W` and `Xᵀ R` (`W`: d × m, `R`: n × m),
-    `Xᵀ R` from the `(d, n)` copy when the data carry one (as the step does)."""
-    return data.X @ W, _transposed_X(data) @ R
+    in the step's form (`mimflow._products`; `Xᵀ R` from the `(d, n)` copy when the data
+    carry one)."""
+    return _project(data, W), _back_project(data, R)
 
 
 def numpy_baseline(kind: str, fit: mimflow.AbstractFit, data: mimflow.Dataset, W) -> tuple[dict, np.ndarray]:

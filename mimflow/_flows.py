@@ -16,6 +16,7 @@ from ._checks import check_finite, check_key, check_orthonormal, check_range
 from ._fits import AbstractFit, AbstractFittedLink, HermiteFeatures, KernelRidge, Mehler
 from ._hermite import apply_each
 from ._link import Link
+from ._products import cols_times, rows_times
 from ._reduced import Planted, TwoTimescale
 from ._stiefel import project_tangent
 
@@ -50,9 +51,15 @@ def _with_transpose(data: "Data") -> "Data":
     return eqx.tree_at(lambda x: x._XT, data, jnp.transpose(data.X), is_leaf=lambda x: x is None)
 
 
-def _transposed_X(data: Dataset) -> Float[Array, "d n"]:
-    """`Xᵀ`: the `(d, n)` copy when `data` carries one (`_with_transpose`), else `X.T`."""
-    return data.X.T if data._XT is None else data._XT
+def _project(data: Dataset, W: Float[Array, "d r"]) -> Float[Array, "n r"]:
+    """`Z = XW` (`mimflow._products.rows_times`: its fast form on a CPU)."""
+    return rows_times(data.X, W)
+
+
+def _back_project(data: Dataset, R: Float[Array, "n r"]) -> Float[Array, "d r"]:
+    """`Xᵀ R`: from the `(d, n)` copy when `data` carries one (`_with_transpose`,
+    `mimflow._products.cols_times`), else `X.T @ R`."""
+    return data.X.T @ R if data._XT is None else cols_times(data._XT, R)
 
 
 class Target(eqx.Module):
@@ -138,8 +145,8 @@ def _batch(data: Data, target: Target, t: Float[Array, ""]) -> Dataset:
 def _envelope_gradient(fitted: AbstractFittedLink, batch: Dataset, W: Float[Array, "d r"]) -> Float[Array, "d r"]:
     """`∇_W ½n⁻¹Σ(f̂(Wᵀx_i) − y_i)² = n⁻¹ Σ_i (f̂(z_i) − y_i) x_i ∇f̂(z_i)ᵀ` with `f̂` fixed:
     reads `X` twice (`Z = XW`, then `Xᵀ R`)."""
-    values, grads = fitted.value_and_grad(batch.X @ W)
-    return _transposed_X(batch) @ ((values - batch.y)[:, None] * grads) / batch.y.shape[0]
+    values, grads = fitted.value_and_grad(_project(batch, W))
+    return _back_project(batch, (values - batch.y)[:, None] * grads) / batch.y.shape[0]
 
 
 class AbstractFlow(eqx.Module):
@@ -236,7 +243,7 @@ class TwoTimescaleFlow(AbstractFlow):
             tensors = {j: weights[j] * apply_each(overlap.T, tensor) for j, tensor in self.target.link.tensors.items()}
             return _KnownLink(Link(tensors, W.shape[1]))
         batch = _batch(self.data, self.target, t)
-        return self.fit.fit(batch.X @ W, batch.y)
+        return self.fit.fit(_project(batch, W), batch.y)
 
     def gradient(self, W, t=0.0):
         if self.reduced is not None:
@@ -246,7 +253,7 @@ class TwoTimescaleFlow(AbstractFlow):
         # no stop_gradient on the fit: its value does not change the envelope gradient,
         # but differentiating the flow (implicit solvers, `jax.grad` through a solve)
         # needs how `f̂` moves with `W` and with the fit's hyperparameters
-        return _envelope_gradient(self.fit.fit(batch.X @ W, batch.y), batch, W)
+        return _envelope_gradient(self.fit.fit(_project(batch, W), batch.y), batch, W)
 
     def loss(self, W):
         return (self.reduced or TwoTimescale(self.target.link)).loss(self.target.overlap(W))
@@ -255,7 +262,7 @@ class TwoTimescaleFlow(AbstractFlow):
         if self.reduced is not None:
             return jnp.asarray(jnp.nan, W.dtype)
         batch = _batch(self.data, self.target, t)
-        Z = batch.X @ W
+        Z = _project(batch, W)
         return self.fit.objective(self.fit.fit(Z, batch.y), Z, batch.y)
 
 
@@ -290,7 +297,7 @@ class PlantedFlow(AbstractFlow):
         if isinstance(self.data, Population):
             return jnp.asarray(jnp.nan, W.dtype)
         batch = _batch(self.data, self.target, t)
-        return 0.5 * jnp.mean((batch.y - self.target.link(batch.X @ W)) ** 2)
+        return 0.5 * jnp.mean((batch.y - self.target.link(_project(batch, W))) ** 2)
 
     def fitted(self, W, t=0.0):
         """The known link `f*`."""
