@@ -18,6 +18,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._checks import check_finite, check_int, check_key, check_range
 from ._hermite import expansion_value_and_grad, hermite_1d, hermite_basis, multi_indices
+from ._products import with_batching_rule
 
 
 def _jitter(dtype: jnp.dtype) -> float:
@@ -156,6 +157,38 @@ def _normal_equations_by_row_blocks(
     return jax.lax.scan(add, (tail.T @ tail, y[k * block :] @ tail), rows)[0]
 
 
+def _normal_equations_plain(
+    features: "AbstractFeatures", Z: Float[Array, "n r"], y: Float[Array, " n"]
+) -> tuple[Float[Array, "p p"], Float[Array, " p"]]:
+    block = features._row_block(Z.shape[0])
+    if block is not None:
+        return _normal_equations_by_row_blocks(features, Z, y, block)
+    design = features(Z)
+    # `y @ Φ`, not `Φᵀ y`: XLA's CPU matrix-vector product is several times slower on the
+    # transposed operand, more so with the features fused into it
+    return design.T @ design, y @ design
+
+
+def _normal_equations_rule(axis_size, in_batched, features, Z, y):
+    # `vmap` over starts (`Z` batched): the designs of all B starts, `(B, n, p)`, leave a
+    # CPU's caches; built over blocks of rows, B·block·p entries at a time, they stay in
+    # them (`benchmarks/RESULTS.md` §2)
+    features_batched, Z_batched, y_batched = in_batched
+    axes = (jax.tree.map(lambda b: 0 if b else None, features_batched), 0 if Z_batched else None)
+    axes += (0 if y_batched else None,)
+    shared = not any(jax.tree.leaves(features_batched))
+    block = features._batched_row_block(Z.shape[-2]) if Z_batched and shared else None
+    if block is not None:
+        plain = lambda features, Z, y: _normal_equations_by_row_blocks(features, Z, y, block)  # noqa: E731
+    else:
+        plain = _normal_equations_plain
+    return jax.vmap(plain, in_axes=axes)(features, Z, y)
+
+
+# `ΦᵀΦ` and `yᵀΦ`; under `vmap` over `Z` on a CPU, by blocks of rows (`_normal_equations_rule`)
+_normal_equations = with_batching_rule(_normal_equations_plain, _normal_equations_rule)
+
+
 # --- fitted link models ------------------------------------------------------------
 
 
@@ -206,6 +239,11 @@ class AbstractFeatures(eqx.Module):
         link's `value_and_grad` runs), or `None`: all rows at once (the default)."""
         return None
 
+    def _batched_row_block(self, n: int) -> int | None:
+        """Rows per block in which fits on `n` rows `vmap`ped over `Z` (starts sharing
+        the data) build their designs, or `None`: as one fit does (`_row_block`)."""
+        return None
+
 
 class FeatureModel(AbstractFittedLink):
     """`f̂(z) = φ(z)ᵀ θ`."""
@@ -239,6 +277,12 @@ class ReLUFeatures(AbstractFeatures):
         if jax.default_backend() != "cpu" or n < _ROW_BLOCK_MIN_ROWS or self.biases.shape[0] > n:
             return None
         return _ROW_BLOCK
+
+    def _batched_row_block(self, n):
+        # B = 16 starts sharing the data: flow step 1.15–1.24× faster at n = 2¹²–2¹⁴
+        # (`benchmarks/RESULTS.md` §2)
+        cpu = jax.default_backend() == "cpu"
+        return _ROW_BLOCK if cpu and n >= 2 * _ROW_BLOCK and self.biases.shape[0] <= n else None
 
     def value_and_grad(self, z, weights):
         block = self._row_block(z.shape[0]) if z.ndim == 2 else None
@@ -297,6 +341,11 @@ class HermiteFeatureMap(AbstractFeatures):
         starts = np.cumsum([0] + [len(multi_indices(self.dim, j)) for j in degrees])
         coefficients = {j: jnp.sqrt(self.rho**j) * weights[starts[j] : starts[j + 1]] for j in degrees}
         return expansion_value_and_grad(coefficients, self.dim, z)
+
+    def _batched_row_block(self, n):
+        # B = 16 starts sharing the data: flow step 1.37–1.43× faster at n = 2¹⁴–2¹⁶,
+        # 0.96× at 2¹² (`benchmarks/RESULTS.md` §2)
+        return _ROW_BLOCK if jax.default_backend() == "cpu" and n >= 8 * _ROW_BLOCK else None
 
 
 # --- fits ---------------------------------------------------------------------------
@@ -364,19 +413,12 @@ class AbstractFeatureFit(AbstractFit):
     def fit(self, Z, y):
         Z, y = _check_data(Z, y)
         features = self.features(Z.shape[1])
-        block = features._row_block(Z.shape[0])
-        if block is not None:  # the primal system, one block of the design at a time
-            gram, rhs = _normal_equations_by_row_blocks(features, Z, y, block)
-            return FeatureModel(features, _cholesky_solve(gram, rhs, Z.shape[0] * self.ridge))
+        n, p = jax.eval_shape(features, Z).shape
+        if p <= n or features._row_block(n) is not None:  # the primal system
+            gram, rhs = _normal_equations(features, Z, y)
+            return FeatureModel(features, _cholesky_solve(gram, rhs, n * self.ridge))
         design = features(Z)
-        n, p = design.shape
-        if p <= n:
-            # `y @ Φ`, not `Φᵀ y`: XLA's CPU matrix-vector product is several times slower
-            # on the transposed operand, more so with the features fused into it
-            weights = _cholesky_solve(design.T @ design, y @ design, n * self.ridge)
-        else:
-            weights = _cholesky_solve(design @ design.T, y, n * self.ridge) @ design
-        return FeatureModel(features, weights)
+        return FeatureModel(features, _cholesky_solve(design @ design.T, y, n * self.ridge) @ design)
 
     def objective(self, fitted, Z, y):
         return 0.5 * jnp.mean((y - fitted(Z)) ** 2) + 0.5 * self.ridge * jnp.sum(fitted.weights**2)

@@ -101,3 +101,40 @@ def cols_times(XT: Float[Array, "d n"], R: Float[Array, "n r"]) -> Float[Array, 
     """`XT @ R` for a row-major `(d, n)` `XT` (`Xᵀ R`), in the form that runs fastest on
     this backend (module docstring)."""
     return _cols(XT, R)
+
+
+def with_batching_rule(plain, rule):
+    """`plain` (a function of arrays and pytrees of arrays) whose `vmap` is
+    `rule(axis_size, in_batched, *args)` (the arguments with their batch axes first,
+    `in_batched` their pytree of booleans; every output batched on axis 0), and which
+    is differentiated as `plain` (forward mode on the arguments with nonzero tangents;
+    reverse mode by transposing it)."""
+    batched = custom_vmap(plain)
+
+    @batched.def_vmap
+    def _rule(axis_size, in_batched, *args):
+        out = rule(axis_size, in_batched, *args)
+        return out, jax.tree.map(lambda _: True, out)
+
+    @jax.custom_jvp
+    def function(*args):
+        return batched(*args)
+
+    def jvp(primals, tangents):
+        leaves, tree = jax.tree.flatten(primals)
+        tangent_leaves = jax.tree.leaves(tangents, is_leaf=lambda t: isinstance(t, SymbolicZero))
+        live = [i for i, t in enumerate(tangent_leaves) if not isinstance(t, SymbolicZero)]
+
+        def of_live(*values):
+            args = list(leaves)
+            for i, value in zip(live, values, strict=True):
+                args[i] = value
+            return plain(*jax.tree.unflatten(tree, args))
+
+        out = function(*primals)
+        if not live:
+            return out, jax.tree.map(jnp.zeros_like, out)
+        return out, jax.jvp(of_live, [leaves[i] for i in live], [tangent_leaves[i] for i in live])[1]
+
+    function.defjvp(jvp, symbolic_zeros=True)
+    return function

@@ -464,6 +464,48 @@ def test_relu_features_by_row_blocks(n, block, monkeypatch):
             np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-11 * scale, err_msg=f"{name}, start {i}")
 
 
+@pytest.mark.parametrize("name", ["hermite", "relu", "fourier"])
+def test_fits_vmapped_over_starts_by_row_blocks(name, monkeypatch):
+    """Fits `vmap`ped over starts sharing the data (`Z` batched, `y` not) build their
+    designs over blocks of rows on a CPU (Hermite and ReLU features; `_ROW_BLOCK` patched
+    to 16, n = 8·16 + 5 rows: whole blocks and a remainder); random Fourier features, and
+    one fit alone, stay whole. Each start's fit against the NumPy/SciPy primal solve, its
+    Jacobian in `Z` (forward and reverse mode through the vmapped fit) against central
+    differences of that solve."""
+    from mimflow import _fits
+
+    monkeypatch.setattr(_fits, "_ROW_BLOCK", 16)
+    rng = np.random.default_rng(41)
+    B, n, r, mu = 3, 8 * 16 + 5, 2, 1e-2
+    Zs, y, Znew = rng.standard_normal((B, n, r)), rng.standard_normal(n), rng.standard_normal((7, r))
+    fit = {
+        "hermite": mimflow.HermiteFeatures(3, ridge=mu, rho=0.8),
+        "relu": mimflow.RandomFeatures(12, jax.random.PRNGKey(3), ridge=mu, kind="relu"),
+        "fourier": mimflow.RandomFeatures(12, jax.random.PRNGKey(3), ridge=mu, kind="fourier"),
+    }[name]
+    predict = lambda Z: fit.fit(Z, jnp.asarray(y))(jnp.asarray(Znew))  # noqa: E731
+    batched = jax.jit(jax.vmap(predict))
+    loops = lambda f, Z: f.lower(Z).as_text().count("stablehlo.while")  # noqa: E731
+    alone = loops(jax.jit(predict), jnp.asarray(Zs[0]))  # drawing random features has loops of its own
+    assert loops(batched, jnp.asarray(Zs)) == alone + (0 if name == "fourier" else 1)
+    got = np.asarray(batched(jnp.asarray(Zs)))
+    for i in range(B):
+        assert rel_error(got[i], Oracle(fit, Zs[i], y).predict(Znew)) < 1e-8, i
+    # d f̂(z_new) / d Z[0, 0] for each start: forward and reverse mode against differences
+    h, unit = 1e-5, np.zeros((n, r))
+    unit[0, 0] = 1.0
+    expected = np.stack(
+        [
+            (Oracle(fit, Z + h * unit, y).predict(Znew) - Oracle(fit, Z - h * unit, y).predict(Znew)) / (2 * h)
+            for Z in Zs
+        ]
+    )
+    forward = jax.jit(jax.vmap(lambda Z: jax.jvp(predict, (Z,), (jnp.asarray(unit),))[1]))(jnp.asarray(Zs))
+    reverse = jax.jit(jax.vmap(jax.jacrev(predict)))(jnp.asarray(Zs))[:, :, 0, 0]
+    for actual in (forward, reverse):
+        assert rel_error(actual, expected) < 1e-6
+
+
 @pytest.mark.parametrize(
     "degree, rho, n, r", [(0, 1.0, 30, 2), (3, 0.6, 80, 2), (6, 0.5, 20, 2), (2, 0.8, 15, 3)], ids=str
 )
