@@ -518,8 +518,7 @@ def simulate_reduced(
         if stepsize_controller is not None or adjoint is not None:
             raise ValueError(
                 f"`{type(solver).__name__}` controls its own steps (its `rtol`, `atol`) and is not differentiable "
-                "in reverse mode: "
-                "pass neither `stepsize_controller` nor `adjoint` with it"
+                "in reverse mode: pass neither `stepsize_controller` nor `adjoint` with it"
             )
         return solve_rosenbrock(prob, M0, ts, solver, max_steps, steady_state, known_entries(prob))
     solver = _default_solver(ts.dtype) if solver is None else solver
