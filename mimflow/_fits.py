@@ -6,6 +6,7 @@ of the value function `V̂(W)` is that of the data term with the fitted function
 held fixed (`mimflow.flows`).
 """
 
+import functools
 import math
 from typing import Literal
 
@@ -241,7 +242,8 @@ class AbstractFeatures(eqx.Module):
 
     def _batched_row_block(self, n: int) -> int | None:
         """Rows per block in which fits on `n` rows `vmap`ped over `Z` (starts sharing
-        the data) build their designs, or `None`: as one fit does (`_row_block`)."""
+        the data) build their designs (and ReLU features' `value_and_grad` runs), or
+        `None`: as one fit does (`_row_block`)."""
         return None
 
 
@@ -279,16 +281,14 @@ class ReLUFeatures(AbstractFeatures):
         return _ROW_BLOCK
 
     def _batched_row_block(self, n):
-        # B = 16 starts sharing the data: flow step 1.15–1.24× faster at n = 2¹²–2¹⁴
+        # B = 16 starts sharing the data: flow step 1.15–1.24× faster at n = 2¹²–2¹⁴ with
+        # the fit by blocks, 1.4–2.2× more at 2¹²–2¹⁵ with `value_and_grad` by blocks too
         # (`benchmarks/RESULTS.md` §2)
         cpu = jax.default_backend() == "cpu"
         return _ROW_BLOCK if cpu and n >= 2 * _ROW_BLOCK and self.biases.shape[0] <= n else None
 
     def value_and_grad(self, z, weights):
-        block = self._row_block(z.shape[0]) if z.ndim == 2 else None
-        if block is not None:
-            return _by_row_blocks(lambda rows: self._value_and_grad(rows, weights), z, block)
-        return self._value_and_grad(z, weights)
+        return _relu_value_and_grad(self, z, weights)
 
     def _value_and_grad(self, z, weights):
         # With c_j = θ_j 1[a_jᵀz + b_j > 0] / √p (relu′(0) = 0, as in `jax.nn.relu`):
@@ -299,6 +299,39 @@ class ReLUFeatures(AbstractFeatures):
         out = active @ jnp.concatenate([self.weights.T, self.biases[:, None]], axis=1)
         grads = out[..., :-1]
         return jnp.sum(z * grads, axis=-1) + out[..., -1], grads
+
+
+def _relu_value_and_grad_by(
+    block: int | None, features: ReLUFeatures, z: Float[Array, "n r"], weights: Float[Array, " p"]
+) -> tuple[Float[Array, " n"], Float[Array, "n r"]]:
+    if block is not None:
+        return _by_row_blocks(lambda rows: features._value_and_grad(rows, weights), z, block)
+    return features._value_and_grad(z, weights)
+
+
+def _relu_value_and_grad_plain(
+    features: ReLUFeatures, z: Float[Array, "n r"], weights: Float[Array, " p"]
+) -> tuple[Float[Array, " n"], Float[Array, "n r"]]:
+    return _relu_value_and_grad_by(features._row_block(z.shape[0]) if z.ndim == 2 else None, features, z, weights)
+
+
+def _relu_value_and_grad_rule(axis_size, in_batched, features, z, weights):
+    # `vmap` over starts sharing the features (`z` and `θ` batched): as the fit's normal
+    # equations (`_normal_equations_rule`), over blocks of rows, so that no `(B, n, p)`
+    # mask leaves a CPU's caches
+    features_batched, z_batched, weights_batched = in_batched
+    axes = (jax.tree.map(lambda b: 0 if b else None, features_batched), 0 if z_batched else None)
+    axes += (0 if weights_batched else None,)
+    shared = not any(jax.tree.leaves(features_batched))
+    block = features._batched_row_block(z.shape[-2]) if z_batched and z.ndim == 3 and shared else None
+    if block is None:
+        return jax.vmap(_relu_value_and_grad_plain, in_axes=axes)(features, z, weights)
+    return jax.vmap(functools.partial(_relu_value_and_grad_by, block), in_axes=axes)(features, z, weights)
+
+
+# a ReLU-feature link's values and gradients; under `vmap` over starts on a CPU, by
+# blocks of rows (`_relu_value_and_grad_rule`)
+_relu_value_and_grad = with_batching_rule(_relu_value_and_grad_plain, _relu_value_and_grad_rule)
 
 
 class FourierFeatures(AbstractFeatures):

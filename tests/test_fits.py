@@ -506,6 +506,72 @@ def test_fits_vmapped_over_starts_by_row_blocks(name, monkeypatch):
         assert rel_error(actual, expected) < 1e-6
 
 
+@pytest.mark.parametrize("shared_weights", [False, True], ids=["own-weights", "shared-weights"])
+def test_relu_value_and_grad_vmapped_over_starts_by_row_blocks(shared_weights, monkeypatch):
+    """A ReLU-feature link's `value_and_grad` `vmap`ped over starts sharing the features
+    (`z` batched; `θ` batched or not) runs over blocks of rows on a CPU (`_ROW_BLOCK`
+    patched to 16, n = 8·16 + 5 rows: whole blocks and a remainder; alone, and with the
+    features batched too, it stays whole). Values and gradients against NumPy's `relu` and
+    its mask; the gradient of a scalar of both outputs in `z` and `θ` (reverse mode through
+    the vmapped call, and forward mode along a direction) against its closed form."""
+    from mimflow import _fits
+
+    monkeypatch.setattr(_fits, "_ROW_BLOCK", 16)
+    rng = np.random.default_rng(43)
+    B, n, r, p = 3, 8 * 16 + 5, 2, 12
+    features = mimflow.RandomFeatures(p, jax.random.PRNGKey(5), kind="relu").features(r)
+    A, b = np.asarray(features.weights), np.asarray(features.biases)
+    Zs = rng.standard_normal((B, n, r))
+    thetas = rng.standard_normal(p) if shared_weights else rng.standard_normal((B, p))
+    c, E = rng.standard_normal(n), rng.standard_normal((n, r))  # the scalar's coefficients
+
+    def expected(Z, theta):
+        """values, gradients, and ∂L/∂Z, ∂L/∂θ of L = c·values + Σ E ∘ gradients"""
+        pre = Z @ A + b
+        mask = (pre > 0) / math.sqrt(p)
+        grads = (mask * theta) @ A.T
+        values = np.maximum(pre, 0) / math.sqrt(p) @ theta
+        # values are piecewise linear, gradients piecewise constant in z (a.e.)
+        d_Z = c[:, None] * grads
+        d_theta = c @ (np.maximum(pre, 0) / math.sqrt(p)) + np.einsum("ik,ij,kj->j", E, mask, A)
+        return values, grads, d_Z, d_theta
+
+    theta_axis = None if shared_weights else 0
+    call = jax.jit(jax.vmap(lambda z, t: features.value_and_grad(z, t), in_axes=(0, theta_axis)))
+    loops = lambda f, *a: f.lower(*a).as_text().count("stablehlo.while")  # noqa: E731
+    assert loops(call, jnp.asarray(Zs), jnp.asarray(thetas)) == 1
+    theta0 = thetas if shared_weights else thetas[0]
+    alone = jax.jit(lambda z, t: features.value_and_grad(z, t))
+    assert loops(alone, jnp.asarray(Zs[0]), jnp.asarray(theta0)) == 0
+    own = jax.jit(jax.vmap(lambda f, z, t: f.value_and_grad(z, t), in_axes=(0, 0, theta_axis)))
+    stacked = jax.tree.map(lambda a: jnp.stack([a] * B), features)
+    assert loops(own, stacked, jnp.asarray(Zs), jnp.asarray(thetas)) == 0  # features batched: whole
+
+    def scalar(Z, theta):
+        values, grads = features.value_and_grad(Z, theta)
+        return jnp.dot(jnp.asarray(c), values) + jnp.sum(jnp.asarray(E) * grads)
+
+    values, grads = call(jnp.asarray(Zs), jnp.asarray(thetas))
+    reverse = jax.jit(jax.vmap(jax.grad(scalar, argnums=(0, 1)), in_axes=(0, theta_axis)))(
+        jnp.asarray(Zs), jnp.asarray(thetas)
+    )
+    dZ, dtheta = rng.standard_normal((n, r)), rng.standard_normal(p)
+    forward = jax.jit(
+        jax.vmap(
+            lambda Z, t: jax.jvp(scalar, (Z, t), (jnp.asarray(dZ), jnp.asarray(dtheta)))[1], in_axes=(0, theta_axis)
+        )
+    )(jnp.asarray(Zs), jnp.asarray(thetas))
+    for i in range(B):
+        theta = thetas if shared_weights else thetas[i]
+        v, g, d_Z, d_theta = expected(Zs[i], theta)
+        np.testing.assert_allclose(values[i], v, rtol=0, atol=1e-13 * np.abs(v).max())
+        np.testing.assert_allclose(grads[i], g, rtol=0, atol=1e-13 * np.abs(g).max())
+        np.testing.assert_allclose(reverse[0][i], d_Z, rtol=0, atol=1e-13 * np.abs(d_Z).max())
+        np.testing.assert_allclose(reverse[1][i], d_theta, rtol=0, atol=1e-12 * np.abs(d_theta).max())
+        directional = np.sum(d_Z * dZ) + d_theta @ dtheta
+        assert abs(forward[i] - directional) < 1e-12 * (np.abs(d_Z * dZ).sum() + np.abs(d_theta * dtheta).sum())
+
+
 @pytest.mark.parametrize(
     "degree, rho, n, r", [(0, 1.0, 30, 2), (3, 0.6, 80, 2), (6, 0.5, 20, 2), (2, 0.8, 15, 3)], ids=str
 )
