@@ -1,11 +1,15 @@
 """Run every benchmark and draw the scaling figure (issue 8).
 
-Usage: python benchmarks/run_all.py [--smoke] [--out DIR]   (default DIR: benchmarks/results/<device>)
+Usage: python benchmarks/run_all.py [--smoke] [--out DIR] [--flow-sizes cpu|full]
+       (default DIR: benchmarks/results/<device>)
 
 Runs `reduced_vs_scipy.py`, `flow_steps.py`, `flow_sweep.py` and `compile_time.py`, each writing
 `DIR/<name>.json` (and its printed table to `DIR/<name>.txt`), then draws
 `DIR/scaling.png`: wall time against the batch size B (reduced sweeps) and a flow
 step's time against n and against d, on log–log axes, each with its fitted exponent.
+`--flow-sizes` picks `flow_steps.py`'s grid (default: `full`, the issue's n ∈ {2¹², …, 2¹⁷},
+d ∈ {64, 256, 1024}, on a GPU; `cpu`, n ∈ {2¹², 2¹⁴, 2¹⁶}, d ∈ {64, 256}, on a CPU, where
+`full` adds about 6 minutes on 2 cores).
 Figures worth keeping go into `benchmarks/RESULTS.md` by hand, with the device's name.
 """
 
@@ -76,7 +80,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path)
-    args, extra = parser.parse_known_args()
+    parser.add_argument("--flow-sizes", choices=["cpu", "full"], help="flow_steps.py's size grid")
+    args = parser.parse_args()
     if args.out is None:
         import jax
 
@@ -86,6 +91,7 @@ def main() -> int:
     for name in SCRIPTS:
         command = [sys.executable, str(HERE / f"{name}.py"), "--out", str(args.out / f"{name}.json")]
         command += ["--smoke"] if args.smoke else []
+        command += ["--sizes", args.flow_sizes] if name == "flow_steps" and args.flow_sizes else []
         print(f"$ {' '.join(command[1:])}", flush=True)
         run = subprocess.run(command, capture_output=True, text=True)
         (args.out / f"{name}.txt").write_text(run.stdout + run.stderr)
