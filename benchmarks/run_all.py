@@ -1,6 +1,6 @@
 """Run every benchmark and draw the scaling figure (issue 8).
 
-Usage: python benchmarks/run_all.py [--smoke] [--out DIR] [--flow-sizes cpu|full]
+Usage: python benchmarks/run_all.py [--smoke] [--out DIR] [--flow-sizes cpu|full] [--draw-only]
        (default DIR: benchmarks/results/<device>)
 
 Runs `reduced_vs_scipy.py`, `flow_steps.py`, `flow_sweep.py` and `compile_time.py`, each writing
@@ -9,7 +9,8 @@ Runs `reduced_vs_scipy.py`, `flow_steps.py`, `flow_sweep.py` and `compile_time.p
 step's time against n and against d, on log–log axes, each with its fitted exponent.
 `--flow-sizes` picks `flow_steps.py`'s grid (default: `full`, the issue's n ∈ {2¹², …, 2¹⁷},
 d ∈ {64, 256, 1024}, on a GPU; `cpu`, n ∈ {2¹², 2¹⁴, 2¹⁶}, d ∈ {64, 256}, on a CPU, where
-`full` adds about 6 minutes on 2 cores).
+`full` adds about 6 minutes on 2 cores). `--draw-only` redraws `DIR/scaling.png` from the
+JSON files already in `DIR` (`--out` required).
 Figures worth keeping go into `benchmarks/RESULTS.md` by hand, with the device's name.
 """
 
@@ -66,10 +67,15 @@ def scaling_figure(results: dict, path: Path) -> dict:
                 y = np.array([row["step_s"] for row in chosen])
                 slope = exponent(x, y)
                 exponents[f"flow_step_{fit}_vs_{axis}_at_{other}={value}"] = slope
-                panel.loglog(x, y, "o-", label=f"{fit}, {other} = {value}: slope {slope:.2f}")
+                style = "o-" if fit == min(row["fit"] for row in steps) else "s--"  # one style per fit
+                panel.loglog(x, y, style, label=f"{fit}, {other} = {value}: slope {slope:.2f}")
         panel.set(xlabel=axis, ylabel="one flow step (s)", title=f"finite-sample flow step against {axis}")
-        if panel.lines:
-            panel.legend(fontsize=7)
+        if panel.lines:  # many lines (the whole grid): two columns, above them
+            many = len(panel.lines) > 6
+            panel.legend(fontsize=6 if many else 7, ncol=2 if many else 1, loc="upper left" if many else "best")
+            if many:
+                low, high = panel.get_ylim()
+                panel.set_ylim(low, high * (high / low) ** 0.6)
     meta = results.get("reduced_vs_scipy", {})
     figure.suptitle(f"{meta.get('device', '?')} ({meta.get('platform', '?')}), jax {meta.get('jax', '?')}")
     figure.savefig(path, dpi=110)
@@ -81,7 +87,15 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--flow-sizes", choices=["cpu", "full"], help="flow_steps.py's size grid")
+    parser.add_argument("--draw-only", action="store_true", help="redraw DIR/scaling.png from DIR's JSON files")
     args = parser.parse_args()
+    if args.draw_only:
+        if args.out is None:
+            parser.error("--draw-only needs --out DIR")
+        paths = {name: args.out / f"{name}.json" for name in SCRIPTS}
+        results = {name: json.loads(path.read_text()) for name, path in paths.items() if path.exists()}
+        print(json.dumps(scaling_figure(results, args.out / "scaling.png"), indent=1))
+        return 0
     if args.out is None:
         import jax
 
