@@ -56,8 +56,8 @@ def scaling_figure(results: dict, path: Path) -> dict:
         axes[0].legend()
     steps = results.get("flow_steps", {}).get("steps", [])
     for panel, (axis, other) in zip(axes[1:], [("n", "d"), ("d", "n")], strict=True):
-        values = sorted({row[other] for row in steps})
-        for fit in sorted({row["fit"] for row in steps}):
+        fits, values = sorted({row["fit"] for row in steps}), sorted({row[other] for row in steps})
+        for fit in fits:
             for value in sorted({row[other] for row in steps if row["fit"] == fit}):
                 chosen = sorted(
                     (row for row in steps if row["fit"] == fit and row[other] == value), key=lambda row: row[axis]
@@ -68,8 +68,8 @@ def scaling_figure(results: dict, path: Path) -> dict:
                 y = np.array([row["step_s"] for row in chosen])
                 slope = exponent(x, y)
                 exponents[f"flow_step_{fit}_vs_{axis}_at_{other}={value}"] = slope
-                style = "o-" if fit == min(row["fit"] for row in steps) else "s--"  # a style per fit,
-                colour = f"C{values.index(value) % 10}"  # a colour per value of the other size
+                style = ["o-", "s--"][fits.index(fit) % 2]  # a style per fit, a colour per value
+                colour = f"C{values.index(value) % 10}"
                 panel.loglog(x, y, style, color=colour, label=f"{fit}, {other} = {value}: slope {slope:.2f}")
         panel.set(xlabel=axis, ylabel="one flow step (s)", title=f"finite-sample flow step against {axis}")
         if panel.lines:  # many lines (the whole grid): two columns, above them

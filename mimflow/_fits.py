@@ -6,7 +6,6 @@ of the value function `V̂(W)` is that of the data term with the fitted function
 held fixed (`mimflow.flows`).
 """
 
-import functools
 import math
 from typing import Literal
 
@@ -17,9 +16,9 @@ import jax.scipy.linalg as jsl
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._batching import with_batching_rule
 from ._checks import check_finite, check_int, check_key, check_range
 from ._hermite import expansion_value_and_grad, hermite_1d, hermite_basis, multi_indices
-from ._products import with_batching_rule
 
 
 def _jitter(dtype: jnp.dtype) -> float:
@@ -170,24 +169,30 @@ def _normal_equations_plain(
     return design.T @ design, y @ design
 
 
-def _normal_equations_rule(axis_size, in_batched, features, Z, y):
-    # `vmap` over starts (`Z` batched): the designs of all B starts, `(B, n, p)`, leave a
-    # CPU's caches; built over blocks of rows, B·block·p entries at a time, they stay in
-    # them (`benchmarks/RESULTS.md` §2)
-    features_batched, Z_batched, y_batched = in_batched
-    axes = (jax.tree.map(lambda b: 0 if b else None, features_batched), 0 if Z_batched else None)
-    axes += (0 if y_batched else None,)
-    shared = not any(jax.tree.leaves(features_batched))
-    block = features._batched_row_block(Z.shape[-2]) if Z_batched and shared else None
-    if block is not None:
-        plain = lambda features, Z, y: _normal_equations_by_row_blocks(features, Z, y, block)  # noqa: E731
-    else:
-        plain = _normal_equations_plain
-    return jax.vmap(plain, in_axes=axes)(features, Z, y)
+def _by_row_blocks_when_shared(plain, by_row_blocks):
+    """The `vmap` rule (`with_batching_rule`) of `plain(features, z, other)`, row-wise in
+    `z`: with `z` batched and the features shared (starts sharing the data),
+    `by_row_blocks(features, z, other, block)` for each batch element, over blocks of
+    `features._batched_row_block(n)` rows; otherwise `plain` for each. The B elements'
+    `(B, n, p)` designs leave a CPU's caches; `B·block·p` entries at a time they stay
+    in them (`benchmarks/RESULTS.md` §2)."""
+
+    def rule(axis_size, in_batched, features, z, other):
+        features_batched, z_batched, other_batched = in_batched
+        axes = (jax.tree.map(lambda b: 0 if b else None, features_batched), 0 if z_batched else None)
+        axes += (0 if other_batched else None,)
+        shared = not any(jax.tree.leaves(features_batched))
+        block = features._batched_row_block(z.shape[-2]) if z_batched and z.ndim == 3 and shared else None
+        each = plain if block is None else (lambda features, z, other: by_row_blocks(features, z, other, block))
+        return jax.vmap(each, in_axes=axes)(features, z, other)
+
+    return rule
 
 
-# `ΦᵀΦ` and `yᵀΦ`; under `vmap` over `Z` on a CPU, by blocks of rows (`_normal_equations_rule`)
-_normal_equations = with_batching_rule(_normal_equations_plain, _normal_equations_rule)
+# `ΦᵀΦ` and `yᵀΦ`; under `vmap` over `Z` on a CPU, by blocks of rows
+_normal_equations = with_batching_rule(
+    _normal_equations_plain, _by_row_blocks_when_shared(_normal_equations_plain, _normal_equations_by_row_blocks)
+)
 
 
 # --- fitted link models ------------------------------------------------------------
@@ -301,37 +306,27 @@ class ReLUFeatures(AbstractFeatures):
         return jnp.sum(z * grads, axis=-1) + out[..., -1], grads
 
 
-def _relu_value_and_grad_by(
-    block: int | None, features: ReLUFeatures, z: Float[Array, "n r"], weights: Float[Array, " p"]
+def _relu_value_and_grad_by_row_blocks(
+    features: ReLUFeatures, z: Float[Array, "n r"], weights: Float[Array, " p"], block: int
 ) -> tuple[Float[Array, " n"], Float[Array, "n r"]]:
-    if block is not None:
-        return _by_row_blocks(lambda rows: features._value_and_grad(rows, weights), z, block)
-    return features._value_and_grad(z, weights)
+    return _by_row_blocks(lambda rows: features._value_and_grad(rows, weights), z, block)
 
 
 def _relu_value_and_grad_plain(
     features: ReLUFeatures, z: Float[Array, "n r"], weights: Float[Array, " p"]
 ) -> tuple[Float[Array, " n"], Float[Array, "n r"]]:
-    return _relu_value_and_grad_by(features._row_block(z.shape[0]) if z.ndim == 2 else None, features, z, weights)
-
-
-def _relu_value_and_grad_rule(axis_size, in_batched, features, z, weights):
-    # `vmap` over starts sharing the features (`z` and `θ` batched): as the fit's normal
-    # equations (`_normal_equations_rule`), over blocks of rows, so that no `(B, n, p)`
-    # mask leaves a CPU's caches
-    features_batched, z_batched, weights_batched = in_batched
-    axes = (jax.tree.map(lambda b: 0 if b else None, features_batched), 0 if z_batched else None)
-    axes += (0 if weights_batched else None,)
-    shared = not any(jax.tree.leaves(features_batched))
-    block = features._batched_row_block(z.shape[-2]) if z_batched and z.ndim == 3 and shared else None
-    if block is None:
-        return jax.vmap(_relu_value_and_grad_plain, in_axes=axes)(features, z, weights)
-    return jax.vmap(functools.partial(_relu_value_and_grad_by, block), in_axes=axes)(features, z, weights)
+    block = features._row_block(z.shape[0]) if z.ndim == 2 else None
+    if block is not None:
+        return _relu_value_and_grad_by_row_blocks(features, z, weights, block)
+    return features._value_and_grad(z, weights)
 
 
 # a ReLU-feature link's values and gradients; under `vmap` over starts on a CPU, by
-# blocks of rows (`_relu_value_and_grad_rule`)
-_relu_value_and_grad = with_batching_rule(_relu_value_and_grad_plain, _relu_value_and_grad_rule)
+# blocks of rows, as the fit's normal equations
+_relu_value_and_grad = with_batching_rule(
+    _relu_value_and_grad_plain,
+    _by_row_blocks_when_shared(_relu_value_and_grad_plain, _relu_value_and_grad_by_row_blocks),
+)
 
 
 class FourierFeatures(AbstractFeatures):
