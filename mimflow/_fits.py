@@ -124,7 +124,10 @@ class ArcCosine(AbstractKernel):
 # A ReLU-feature fit and its gradient go over blocks of this many rows on a CPU, from
 # `_ROW_BLOCK_MIN_ROWS` rows on (see `ReLUFeatures._row_block`).
 _ROW_BLOCK = 1024
-_ROW_BLOCK_MIN_ROWS = 2**16
+_ROW_BLOCK_MIN_ROWS = 2 * _ROW_BLOCK
+# up to this many directions r, ReLU features in row blocks unroll their r-term sums
+# (`ReLUFeatures._preactivation`)
+_UNROLLED_MAX_DIRECTIONS = 4
 
 
 def _by_row_blocks(fn, z: Float[Array, "n r"], block: int):
@@ -150,7 +153,7 @@ def _normal_equations_by_row_blocks(
     tail = features(Z[k * block :])  # (n mod block, p): empty when block divides n
 
     def add(sums, rows):
-        design = features(rows[0])
+        design = features._block_design(rows[0])
         return (sums[0] + design.T @ design, sums[1] + rows[1] @ design), None
 
     rows = (Z[: k * block].reshape(k, block, r), y[: k * block].reshape(k, block))
@@ -245,6 +248,11 @@ class AbstractFeatures(eqx.Module):
         link's `value_and_grad` runs), or `None`: all rows at once (the default)."""
         return None
 
+    def _block_design(self, rows: Float[Array, "m r"]) -> Float[Array, "m p"]:
+        """The design of one block of rows, inside a loop over blocks (the feature map's
+        parameters are then the loop's constants, computed before it): `self(rows)`."""
+        return self(rows)
+
     def _batched_row_block(self, n: int) -> int | None:
         """Rows per block in which fits on `n` rows `vmap`ped over `Z` (starts sharing
         the data) build their designs (and ReLU features' `value_and_grad` runs), or
@@ -272,15 +280,34 @@ class ReLUFeatures(AbstractFeatures):
     biases: Float[Array, " p"]
 
     def __call__(self, z):
-        return jax.nn.relu(z @ self.weights + self.biases) / math.sqrt(self.biases.shape[0])
+        return jax.nn.relu(self._preactivation(z, unrolled=False)) / math.sqrt(self.biases.shape[0])
+
+    def _block_design(self, rows):
+        return jax.nn.relu(self._preactivation(rows, unrolled=True)) / math.sqrt(self.biases.shape[0])
+
+    def _preactivation(self, z: Float[Array, "n r"], unrolled: bool) -> Float[Array, "n p"]:
+        """`Aᵀz + b` for each row; `unrolled` (for row blocks, `r ≤ 4` directions): as
+        `b + Σ_k z_k A_k`, the r terms written out. XLA's CPU dot with r = 2 contracted
+        terms ran 2.9× slower than these multiply–adds (65 536 × 32: 1.18 against 0.41 ms),
+        but XLA fuses elementwise work into them: outside a loop over blocks, also the
+        last steps of drawing `A` and `b` (`RandomFeatures`), then redone for each of the
+        n·p entries (a flow step at 2¹⁴ rows 2× slower), so whole designs keep the dot."""
+        r = self.weights.shape[0]
+        if not unrolled or r > _UNROLLED_MAX_DIRECTIONS:
+            return z @ self.weights + self.biases
+        out = self.biases
+        for k in range(r):  # the r ≤ 4 directions, not samples
+            out = out + z[..., k, None] * self.weights[k]
+        return out
 
     def _row_block(self, n):
-        # On a CPU, from 2¹⁶ rows on, in blocks of 1 024 rows: a whole design `(n, p)`
+        # On a CPU, from 2 048 rows on, in blocks of 1 024 rows: a whole design `(n, p)`
         # leaves the caches, more so under `vmap` over B starts sharing the data (`(B, n,
-        # p)`: 5–10 ns an entry against ≈ 0.5 in cache). Blocked, a flow step at n = 2¹⁶
-        # ran 4.1–4.6× faster for B = 16 starts and 1.1× for one; at 2¹⁵ rows one start's
-        # ran 0.92–0.95× (B = 16: 4.0×), so fewer rows stay whole. Accelerators take the
-        # whole design at full speed (`benchmarks/RESULTS.md` §2).
+        # p)`: 5–10 ns an entry against ≈ 0.5 in cache), and in blocks the r-term sums run
+        # unrolled (`_preactivation`). One start's flow step ran 1.1× faster at n = 2¹⁶
+        # blocked with XLA's dots; with the sums unrolled, 1.2–1.7× more at n = 2¹⁵–2¹⁷ and
+        # 2.6–4.9× in one call at n = 2¹²–2¹⁵. Accelerators take the whole design at full
+        # speed (`benchmarks/RESULTS.md` §2).
         if jax.default_backend() != "cpu" or n < _ROW_BLOCK_MIN_ROWS or self.biases.shape[0] > n:
             return None
         return _ROW_BLOCK
@@ -295,21 +322,29 @@ class ReLUFeatures(AbstractFeatures):
     def value_and_grad(self, z, weights):
         return _relu_value_and_grad(self, z, weights)
 
-    def _value_and_grad(self, z, weights):
+    def _value_and_grad(self, z, weights, unrolled=False):
         # With c_j = θ_j 1[a_jᵀz + b_j > 0] / √p (relu′(0) = 0, as in `jax.nn.relu`):
-        # ∇f = Σ_j c_j a_j and f = Σ_j c_j (a_jᵀz + b_j) = zᵀ∇f + Σ_j c_j b_j, both from one
-        # product with [Aᵀ | b] (on a CPU, XLA runs `relu(·) @ θ` and `(·) @ Aᵀ` side by
-        # side about 4× slower than this)
-        active = jnp.where(z @ self.weights + self.biases > 0, weights / math.sqrt(self.biases.shape[0]), 0.0)
-        out = active @ jnp.concatenate([self.weights.T, self.biases[:, None]], axis=1)
-        grads = out[..., :-1]
-        return jnp.sum(z * grads, axis=-1) + out[..., -1], grads
+        # ∇f = Σ_j c_j a_j and f = Σ_j c_j (a_jᵀz + b_j) = zᵀ∇f + Σ_j c_j b_j, both from C =
+        # (c_j) times A and b (on a CPU, XLA runs `relu(·) @ θ` and `(·) @ Aᵀ` side by side
+        # about 4× slower). Whole: one product with [Aᵀ | b]; `unrolled` (row blocks, r ≤ 4):
+        # r + 1 matrix–vector products, which XLA's CPU backend ran 2× faster (1 024 × 32)
+        active = jnp.where(self._preactivation(z, unrolled) > 0, weights / math.sqrt(self.biases.shape[0]), 0.0)
+        r = self.weights.shape[0]
+        if not unrolled or r > _UNROLLED_MAX_DIRECTIONS:
+            out = active @ jnp.concatenate([self.weights.T, self.biases[:, None]], axis=1)
+            grads = out[..., :-1]
+            return jnp.sum(z * grads, axis=-1) + out[..., -1], grads
+        columns = [active @ self.weights[k] for k in range(r)]  # the r ≤ 4 directions
+        values = active @ self.biases
+        for k in range(r):
+            values = values + z[..., k] * columns[k]
+        return values, jnp.stack(columns, axis=-1)
 
 
 def _relu_value_and_grad_by_row_blocks(
     features: ReLUFeatures, z: Float[Array, "n r"], weights: Float[Array, " p"], block: int
 ) -> tuple[Float[Array, " n"], Float[Array, "n r"]]:
-    return _by_row_blocks(lambda rows: features._value_and_grad(rows, weights), z, block)
+    return _by_row_blocks(lambda rows: features._value_and_grad(rows, weights, unrolled=True), z, block)
 
 
 def _relu_value_and_grad_plain(

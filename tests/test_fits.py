@@ -464,6 +464,44 @@ def test_relu_features_by_row_blocks(n, block, monkeypatch):
             np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-11 * scale, err_msg=f"{name}, start {i}")
 
 
+@pytest.mark.parametrize("r", [1, 3, 5])
+def test_relu_features_by_row_blocks_any_number_of_directions(r, monkeypatch):
+    """In row blocks ReLU features write `Aᵀz + b` and the gradient's `C A` as r-term
+    sums for r ≤ 4 directions and keep XLA's products above (r = 5): a fit on n = 8·16 + 5
+    rows by blocks of 16 (the fit's `ΦᵀΦ`, `yᵀΦ` and `value_and_grad`; also `vmap`ped
+    over 2 starts), against the NumPy/SciPy primal solve, NumPy's `relu` and its mask."""
+    from mimflow import _fits
+
+    monkeypatch.setattr(_fits, "_ROW_BLOCK_MIN_ROWS", 0)
+    monkeypatch.setattr(_fits, "_ROW_BLOCK", 16)
+    rng = np.random.default_rng(47 + r)
+    n, p, mu = 8 * 16 + 5, 20, 1e-2
+    Zs = rng.standard_normal((2, n, r))
+    y = np.tanh(Zs[0] @ rng.standard_normal(r)) + 0.1 * rng.standard_normal(n)
+    fit = mimflow.RandomFeatures(p, jax.random.PRNGKey(11), ridge=mu, kind="relu")
+    features = fit.features(r)
+    A, b = np.asarray(features.weights), np.asarray(features.biases)
+
+    def expected(Z):
+        pre = Z @ A + b
+        design = np.maximum(pre, 0) / math.sqrt(p)
+        theta = Oracle(fit, Z, y).theta
+        return theta, design @ theta, ((pre > 0) * theta / math.sqrt(p)) @ A.T
+
+    def step(Z):
+        fitted = fit.fit(Z, jnp.asarray(y))
+        return (fitted.weights, *fitted.value_and_grad(Z))
+
+    loops = lambda f, Z: f.lower(Z).as_text().count("stablehlo.while")  # noqa: E731
+    draws = loops(jax.jit(lambda Z: fit.features(Z.shape[1])), jnp.asarray(Zs[0]))  # drawing A, b loops too
+    assert loops(jax.jit(step), jnp.asarray(Zs[0])) == draws + 2  # the fit's scan, the gradient's map
+    alone = jax.jit(step)(jnp.asarray(Zs[0]))
+    batched = jax.jit(jax.vmap(step))(jnp.asarray(Zs))
+    for i, got in [(0, alone), (0, [a[0] for a in batched]), (1, [a[1] for a in batched])]:
+        for name, actual, want in zip(["θ", "values", "gradients"], got, expected(Zs[i]), strict=True):
+            assert rel_error(actual, want) < 1e-9, (name, i)
+
+
 @pytest.mark.parametrize("name", ["hermite", "relu", "fourier"])
 def test_fits_vmapped_over_starts_by_row_blocks(name, monkeypatch):
     """Fits `vmap`ped over starts sharing the data (`Z` batched, `y` not) build their
