@@ -305,9 +305,10 @@ class ReLUFeatures(AbstractFeatures):
         # leaves the caches, more so under `vmap` over B starts sharing the data (`(B, n,
         # p)`: 5–10 ns an entry against ≈ 0.5 in cache), and in blocks the r-term sums run
         # unrolled (`_preactivation`). One start's flow step ran 1.1× faster at n = 2¹⁶
-        # blocked with XLA's dots; with the sums unrolled, 1.2–1.7× more at n = 2¹⁵–2¹⁷ and
-        # 2.6–4.9× in one call at n = 2¹²–2¹⁵. Accelerators take the whole design at full
-        # speed (`benchmarks/RESULTS.md` §2).
+        # blocked with XLA's dots; with the sums unrolled and blocks from 2 048 rows, one
+        # call 1.7–2.5× faster at n = 2¹²–2¹⁵ (1.2–1.4× from 2¹⁶), a step in a solve's loop
+        # 1.2–1.45× at n = 2¹⁴–2¹⁷ (d = 64, 256; 32 features). Accelerators take the whole
+        # design at full speed (`benchmarks/RESULTS.md` §2).
         if jax.default_backend() != "cpu" or n < _ROW_BLOCK_MIN_ROWS or self.biases.shape[0] > n:
             return None
         return _ROW_BLOCK
