@@ -280,10 +280,17 @@ class ReLUFeatures(AbstractFeatures):
     biases: Float[Array, " p"]
 
     def __call__(self, z):
-        return jax.nn.relu(self._preactivation(z, unrolled=False)) / math.sqrt(self.biases.shape[0])
+        return self._design(z, unrolled=False)
 
     def _block_design(self, rows):
-        return jax.nn.relu(self._preactivation(rows, unrolled=True)) / math.sqrt(self.biases.shape[0])
+        return self._design(rows, unrolled=True)
+
+    def _design(self, z: Float[Array, "n r"], unrolled: bool) -> Float[Array, "n p"]:
+        return jax.nn.relu(self._preactivation(z, unrolled)) / math.sqrt(self.biases.shape[0])
+
+    def _unrolls(self, unrolled: bool) -> bool:
+        """Whether a row block's r-term sums are written out: `unrolled` asked, r ≤ 4."""
+        return unrolled and self.weights.shape[0] <= _UNROLLED_MAX_DIRECTIONS
 
     def _preactivation(self, z: Float[Array, "n r"], unrolled: bool) -> Float[Array, "n p"]:
         """`Aᵀz + b` for each row; `unrolled` (for row blocks, `r ≤ 4` directions): as
@@ -292,11 +299,10 @@ class ReLUFeatures(AbstractFeatures):
         but XLA fuses elementwise work into them: outside a loop over blocks, also the
         last steps of drawing `A` and `b` (`RandomFeatures`), then redone for each of the
         n·p entries (a flow step at 2¹⁴ rows 2× slower), so whole designs keep the dot."""
-        r = self.weights.shape[0]
-        if not unrolled or r > _UNROLLED_MAX_DIRECTIONS:
+        if not self._unrolls(unrolled):
             return z @ self.weights + self.biases
         out = self.biases
-        for k in range(r):  # the r ≤ 4 directions, not samples
+        for k in range(self.weights.shape[0]):  # the r ≤ 4 directions, not samples
             out = out + z[..., k, None] * self.weights[k]
         return out
 
@@ -330,15 +336,14 @@ class ReLUFeatures(AbstractFeatures):
         # about 4× slower). Whole: one product with [Aᵀ | b]; `unrolled` (row blocks, r ≤ 4):
         # r + 1 matrix–vector products, which XLA's CPU backend ran 2× faster (1 024 × 32)
         active = jnp.where(self._preactivation(z, unrolled) > 0, weights / math.sqrt(self.biases.shape[0]), 0.0)
-        r = self.weights.shape[0]
-        if not unrolled or r > _UNROLLED_MAX_DIRECTIONS:
+        if not self._unrolls(unrolled):
             out = active @ jnp.concatenate([self.weights.T, self.biases[:, None]], axis=1)
             grads = out[..., :-1]
             return jnp.sum(z * grads, axis=-1) + out[..., -1], grads
-        columns = [active @ self.weights[k] for k in range(r)]  # the r ≤ 4 directions
+        columns = [active @ a_k for a_k in self.weights]  # the r ≤ 4 directions
         values = active @ self.biases
-        for k in range(r):
-            values = values + z[..., k] * columns[k]
+        for k, column in enumerate(columns):
+            values = values + z[..., k] * column
         return values, jnp.stack(columns, axis=-1)
 
 
