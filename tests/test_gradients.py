@@ -30,7 +30,7 @@ def _summaries(trajectory, index):
 
 
 def _assert_gradients_match(fn, params, tol=1e-4):
-    jacobian = jax.jacrev(fn)(params)
+    jacobian = jax.jit(jax.jacrev(fn))(params)
     forward = jax.jit(fn)
     for name in params:
         exact = np.asarray(jacobian[name])
