@@ -98,6 +98,7 @@ def test_a_divergent_element_does_not_touch_the_rest_of_the_batch(batch):
     np.testing.assert_allclose(alone.overlap, reference.overlap[1], rtol=0, atol=1e-13)
 
 
+@pytest.mark.optimized  # two programs (8 and 3 lanes), bitwise
 def test_refilled_lanes_give_the_same_bits(batch):
     """Three lanes for eight trajectories (one with a NaN start): a lane whose trajectory
     ended takes the next one, and every output equals the batch run on eight lanes

@@ -366,6 +366,7 @@ def test_random_features_approximate_their_kernels():
 # ---------------------------------------------------------------------------
 
 
+@pytest.mark.optimized  # jit against eager to 1e-12
 @pytest.mark.parametrize("name", KERNELS)
 def test_kernel_ridge_against_oracle(name):
     """Predictions on new points, dual coefficients and the objective against

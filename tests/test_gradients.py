@@ -60,6 +60,7 @@ def test_reduced_gradients_over_a_grid():
     _assert_gradients_match(outcome, params)
 
 
+@pytest.mark.optimized  # runs long enough that optimised code pays for its compile
 def test_flow_gradients_finite_samples():
     """A kernel-ridge two-timescale flow on n = 64 samples in d = 16, two seeds under `vmap`:
     gradients of the mean loss at T, loss area and smooth escape time with respect to

@@ -43,6 +43,7 @@ def test_products_match_numpy(arrays, n, r):
     _close(rows_times(X, W), X @ W)  # eagerly too
 
 
+@pytest.mark.optimized  # two programs, bitwise
 def test_rows_times_is_bitwise_the_plain_product(arrays):
     """The block-diagonal form adds exact zeros: `Z` is bitwise XLA's `X @ W`, so solves
     that used it give the same results as before."""

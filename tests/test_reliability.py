@@ -21,6 +21,9 @@ from helpers import closed_form_two_timescale, random_orthonormal
 import mimflow
 from mimflow import Status, links
 
+# bitwise reproducibility of the optimised machine code users run (tests/conftest.py)
+pytestmark = pytest.mark.optimized
+
 SOLVERS = {"kvaerno5": None, "rodas4": mimflow.Rodas4()}
 M0 = [0.3, 0.2, 0.1]
 T1 = 2000.0
