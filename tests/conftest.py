@@ -70,8 +70,10 @@ def getkey():
 # `--dist loadfile` each file runs on one worker, in collection order: handing out the
 # longest files first keeps the workers' loads even (a long file started last would be
 # the suite's critical path). Files not listed come last, in their usual order. Within a
-# file the tests marked `optimized` run last, so that a worker switches XLA's
-# optimisations (and clears jit's caches) at most twice per file.
+# file the order stays pytest's (tests sharing a parametrized fixture together): moving
+# the `optimized` tests last set such fixtures up twice, which cost more than the extra
+# switches of XLA's optimisations (programs compiled either way before load from the
+# persistent cache).
 _FILE_COST = {
     "test_flows.py": 230,
     "test_notebooks.py": 190,
@@ -95,7 +97,4 @@ _FILE_COST = {
 
 
 def pytest_collection_modifyitems(config, items):
-    def order(item):
-        return -_FILE_COST.get(item.path.name, 0), str(item.path), item.get_closest_marker("optimized") is not None
-
-    items.sort(key=order)
+    items.sort(key=lambda item: -_FILE_COST.get(item.path.name, 0))
