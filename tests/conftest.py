@@ -57,7 +57,9 @@ _set_optimization(_FULL_OPTIMIZATION)
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
-    # before the test's fixtures are set up, so that they compile as the test does
+    # before the test's own fixtures are set up, so that they compile as the test does (a
+    # module's fixtures set up for an earlier test keep their values; the functions they
+    # return recompile, jit's caches having been cleared)
     _set_optimization(_FULL_OPTIMIZATION or item.get_closest_marker("optimized") is not None)
 
 
@@ -74,27 +76,25 @@ def getkey():
 # the suite's critical path). Files not listed come last, in their usual order. Within a
 # file the order stays pytest's (tests sharing a parametrized fixture together): moving
 # the `optimized` tests last set such fixtures up twice, which cost more than the extra
-# switches of XLA's optimisations (programs compiled either way before load from the
-# persistent cache).
-_FILE_COST = {
-    "test_flows.py": 230,
-    "test_notebooks.py": 190,
-    "test_simulate.py": 180,
-    "test_reliability.py": 190,
-    "test_fast.py": 120,
-    "test_sweep.py": 110,
-    "test_notebook_05.py": 105,
-    "test_gradients.py": 90,
-    "test_run.py": 80,
-    "test_notebook_04.py": 60,
-    "test_configs_reduced.py": 60,
-    "test_theory.py": 60,
-    "test_reduced.py": 55,
-    "test_configs_compare.py": 50,
-    "test_fits.py": 45,
+# switches of XLA's optimisations (programs that took over 0.5 s to compile either way
+# before load from the persistent cache).
+_FILE_COST = {  # seconds per file in a clean-clone run as the suite runs now (2026-11-24)
+    "test_reliability.py": 235,
+    "test_fast.py": 185,
+    "test_flows.py": 150,
+    "test_notebooks.py": 135,
+    "test_fits.py": 130,
+    "test_simulate.py": 125,
+    "test_notebook_05.py": 100,
+    "test_reduced.py": 80,
+    "test_gradients.py": 65,
+    "test_run.py": 65,
+    "test_sweep.py": 55,
     "test_precision.py": 45,
-    "test_properties.py": 40,
-    "test_benchmarks_smoke.py": 35,
+    "test_notebook_04.py": 30,
+    "test_products.py": 25,
+    "test_properties.py": 25,
+    "test_links.py": 25,
 }
 
 
