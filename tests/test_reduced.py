@@ -228,6 +228,7 @@ MC_CASES = [
 ]
 
 
+@pytest.mark.optimized  # 2·10⁶ Monte Carlo samples: optimised code pays for its compile
 @pytest.mark.parametrize("problem, r, norm, seed", MC_CASES)
 def test_loss_polynomial_link_vs_monte_carlo(problem, r, norm, seed, getkey):
     overlap = random_contraction(np.random.default_rng(seed), 2, r, norm)
@@ -244,6 +245,7 @@ def test_loss_polynomial_link_vs_monte_carlo(problem, r, norm, seed, getkey):
         assert abs(method_value - mean) <= 5 * se, (literal, method_value, mean, se)
 
 
+@pytest.mark.optimized  # 2·10⁶ Monte Carlo samples: optimised code pays for its compile
 @pytest.mark.parametrize("problem, r, norm, seed", MC_CASES)
 def test_loss_tanh_link_vs_monte_carlo_of_original_function(problem, r, norm, seed, getkey):
     overlap = random_contraction(np.random.default_rng(seed), 2, r, norm)
