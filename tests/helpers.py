@@ -1,10 +1,36 @@
-"""Oracles shared by the tests, written independently of the library."""
+"""Oracles shared by the tests, written independently of the library, and a recorder of
+JAX's compile events."""
 
+import contextlib
 import math
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy.integrate import solve_ivp
+
+# `jax.monitoring` duration events: a program lowered to MLIR (once per compilation, even
+# when the persistent cache then skips XLA), and an XLA backend compilation
+LOWERING = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+
+
+@contextlib.contextmanager
+def compile_events(event, name_part=None):
+    """Inside the `with`, the list of the `fun_name`s of each `event` (`LOWERING`,
+    `BACKEND_COMPILE`) that JAX reports, only those whose name contains `name_part`
+    when it is given."""
+    names = []
+
+    def listener(reported, duration, fun_name=None, **kwargs):
+        if reported == event and (name_part is None or name_part in str(fun_name)):
+            names.append(fun_name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield names
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def array_module(x):

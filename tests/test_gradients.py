@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import LOWERING, compile_events
 from scipy.integrate import trapezoid
 
 import mimflow
@@ -106,17 +107,8 @@ def test_readme_optax_example_lowers_the_loss():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "optax.adam" in b)
     namespace = {"jax": jax, "mimflow": mimflow, "links": links}
-    lowered = []  # programs lowered for `step` (once per compilation)
-
-    def count_lowerings(event, duration, fun_name=None, **kwargs):
-        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration" and "loss_at_T" in str(fun_name):
-            lowered.append(fun_name)
-
-    jax.monitoring.register_event_duration_secs_listener(count_lowerings)
-    try:
+    with compile_events(LOWERING, "loss_at_T") as lowered:  # `step`'s programs, once per compilation
         exec(block, namespace)
-    finally:
-        jax.monitoring.unregister_event_duration_listener(count_lowerings)
     # new values of the same types do not recompile `step` (weakly typed starts did: twice)
     assert len(lowered) == 1, lowered
     first = float(namespace["loss_at_T"]({"log_ridge": jnp.log(1e-3), "logit_rho": jnp.asarray(0.0)}))

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import BACKEND_COMPILE, compile_events
 
 import mimflow
 from mimflow import links
@@ -66,20 +67,11 @@ def test_chunked_sweep_equals_points_one_by_one_and_new_values_do_not_recompile(
     chunked = mimflow.sweep(experiment, AXES, batch_size=3)
     _assert_matches(chunked, one_by_one)
 
-    compiles = []
-
-    def listener(event, duration, **kwargs):
-        if event == "/jax/core/compile/backend_compile_duration":
-            compiles.append(event)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    try:
+    with compile_events(BACKEND_COMPILE) as compiles:
         again = mimflow.sweep(experiment, {"seed": [5, 9], "d": [80.0, 900.0], "ridge": [0.05, 0.3]}, batch_size=3)
         assert compiles == []
         jax.jit(lambda x: x + 1)(np.ones(3))  # the counter does see a compilation
         assert len(compiles) == 1
-    finally:
-        jax.monitoring.unregister_event_duration_listener(listener)
     assert np.abs(again.loss.values - chunked.loss.values).max() > 1e-3  # the new values were used
 
 
