@@ -364,6 +364,22 @@ def test_from_function_residual_of_sum_is_finite():
         assert abs(float(link.residual)) < 1e-12
 
 
+def test_residual_of_a_sum_bounds_the_sums_truncation_error():
+    """`(f + g).residual` is documented as an upper bound on `E(f + g)² − Σ_j ‖T_j‖²`
+    (the sum's own truncation error), `(√r_f + √r_g)²` by Cauchy–Schwarz, with
+    equality for `f + f` (4 r_f). relu + sign by closed forms: `E relu² = ½`,
+    `E sign² = 1`, `E relu·sign = E relu = φ(0)`; coefficients by adaptive quadrature."""
+    relu_c = np.array([relu_oracle(n) for n in range(6)])
+    sign_c = np.array([sign_oracle(n) for n in range(6)])
+    r_relu, r_sign = 0.5 - np.sum(relu_c[:5] ** 2), 1.0 - np.sum(sign_c**2)
+    truth = 0.5 + 1.0 + 2 * PHI0 - np.sum((np.append(relu_c[:5], 0.0) + sign_c) ** 2)
+    total = links.relu(4) + links.sign(5)
+    assert truth <= float(total.residual) + 1e-12
+    np.testing.assert_allclose(float(total.residual), (math.sqrt(r_relu) + math.sqrt(r_sign)) ** 2, rtol=1e-9)
+    # f + f is 2f, whose truncation error is exactly 4 r_f: the bound is attained
+    np.testing.assert_allclose(float((links.relu(4) + links.relu(4)).residual), 4 * r_relu, rtol=1e-9)
+
+
 # --- 5. the catalogue ----------------------------------------------------------
 
 

@@ -348,6 +348,11 @@ def test_vector_field_vs_ambient_gradient(problem, name, r, ridge, rho):
     loss = lambda w: ambient_loss(f, degree, problem, w, ridge, rho)
     grad = jax.jit(jax.grad(loss))
     loss = jax.jit(loss)
+    target = mimflow.Target(link, np.eye(D_SMALL)[:, :2])
+    if problem == "planted":
+        flow = mimflow.PlantedFlow(target)
+    else:
+        flow = mimflow.TwoTimescaleFlow(target, mimflow.KernelRidge(mimflow.Mehler(rho), ridge) if ridge else None)
     rng = np.random.default_rng(100 + r)
     for _ in range(3):
         w = random_orthonormal(rng, D_SMALL, r)
@@ -361,6 +366,10 @@ def test_vector_field_vs_ambient_gradient(problem, name, r, ridge, rho):
         # the reduced loss agrees with the d-dimensional loss at the same W.
         reduced = float(mimflow.reduced_loss(link, overlap, problem, ridge=ridge, rho=rho))
         assert abs(reduced - float(loss(jnp.asarray(w)))) <= 1e-12
+        # and the d-dimensional population flow's Ẇ, all d rows (the rows beyond k are
+        # the tangent projection's, which Ṁ = W*ᵀẆ does not see), is the same velocity
+        field = np.asarray(flow.vector_field(0.0, jnp.asarray(w)))
+        np.testing.assert_allclose(field, velocity, rtol=0, atol=1e-11)
 
 
 def test_planted_gradient_vs_autodiff_of_quadrature():

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.stats
 from helpers import BACKEND_COMPILE, compile_events
 
 import mimflow
@@ -141,6 +142,28 @@ def test_padded_flow_sweep_equals_unpadded_runs(fit, n, dims):
             if n is not None:
                 np.testing.assert_allclose(at.train_loss.values, trajectory.train_loss, rtol=0, atol=1e-10)
     assert np.all(dataset.escape_time.values[..., 0] < 15.0)  # the h1 direction is learned
+
+
+def test_padded_draws_do_not_depend_on_d_max():
+    """A point's `W*`, `W0` and data at dimension `d` are the same whatever `d_max`
+    pads them to (the premise of the test above, whose reference slices the padded
+    draws): bitwise, for `d_max = d` against 12 and 20. `padded_normal`'s rows below `d`
+    are standard normal (KS test) and the rest exactly zero."""
+    fit = mimflow.HermiteFeatures(2, 1e-3, 0.9)
+    for d in (6, 9):
+        point = {"seed": jnp.uint32(1), "d": jnp.float64(d)}
+        reference = None
+        for d_max in (d, 12, 20):
+            target, W0, data, _ = _flow_experiment(fit, 60, noise=0.2, d_max=d_max).inputs(point)
+            assert np.all(np.asarray(W0)[d:] == 0) and np.all(np.asarray(data.X)[:, d:] == 0)
+            draws = [np.asarray(target.W_star)[:d], np.asarray(W0)[:d], np.asarray(data.X)[:, :d], np.asarray(data.y)]
+            if reference is None:
+                reference = draws
+            for got, expected in zip(draws, reference, strict=True):
+                np.testing.assert_array_equal(got, expected)
+    draws = np.asarray(mimflow.padded_normal(jax.random.PRNGKey(4), 300.0, 400, (50,)))
+    assert np.all(draws[300:] == 0)
+    assert scipy.stats.kstest(draws[:300].ravel(), "norm").pvalue > 1e-3
 
 
 def _reduced_experiment(**kwargs):

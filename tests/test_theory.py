@@ -2,6 +2,8 @@
 escape-time constants and slopes against reduced-ODE simulations, plateau levels
 against closed forms and simulated plateaus, and the slope fit against NumPy."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,7 +58,10 @@ def test_catalogue_saddle_sequence(name, link, expected, levels, rotate):
 @pytest.mark.parametrize("s", [1, 2, 3, 4])
 def test_single_index_constants_are_the_papers(s):
     """`log d / (2α_1²)` and `d^{s−1} / (2 s (s−1) α_s²)` (DESIGN §2), and the planted
-    `d^{s/2−1}` law with its constant `1/(s(s−2)α²)`, for a link `α h_s + 0.3 h_{s+1}`."""
+    laws for a link `α h_s + 0.3 h_{s+1}`, derived from `ṁ ≈ s α² m^{s−1} (1 − m²)`
+    (DESIGN §3) near the start: s = 1, `m = tanh(α² t)` reaches ½ at `atanh(½)/α²`
+    whatever d; s = 2, `m = m0 e^{2α² t}` from `m0 = d^{−1/2}` at `log d / (4α²)`;
+    s ≥ 3, `d^{s/2−1}` with the constant `1/(s(s−2)α²)`."""
     alpha = 0.7
     link = h(s) * alpha + h(s + 1) * 0.3
     saddle = theory.predict(link).saddles[0]
@@ -67,8 +72,32 @@ def test_single_index_constants_are_the_papers(s):
     if s >= 3:
         assert planted.law == f"d^{s / 2 - 1:g}"
         assert planted.constant == pytest.approx(1 / (s * (s - 2) * alpha**2), rel=1e-13)
+    elif s == 1:
+        assert planted.law == "1" and planted.time(1e6) == planted.time(10.0)
+        assert planted.constant == pytest.approx(math.atanh(0.5) / alpha**2, rel=1e-13)
     else:
-        assert planted.law == ("1" if s == 1 else "log d")
+        assert planted.law == "log d"
+        assert planted.constant == pytest.approx(1 / (4 * alpha**2), rel=1e-13)
+
+
+def test_planted_h1_escape_time_is_atanh_half():
+    """The planted flow of `α h1` from `m = 0` is `m = tanh(α² t)`: it passes ½ at
+    `atanh(½)/α²`, the predicted constant (law "1"), here simulated."""
+    alpha = 0.7
+    simulated = _escape_from([h(1) * alpha], jnp.zeros((1, 1)), "planted", t1=5.0)[0]
+    assert simulated == pytest.approx(math.atanh(0.5) / alpha**2, rel=1e-6)
+    assert theory.predict(h(1) * alpha, "planted").saddles[0].time(1e4) == pytest.approx(simulated, rel=1e-6)
+
+
+@pytest.mark.parametrize("c", [0.5, 2.0])
+def test_saddle_of_two_directions_escapes_with_the_weaker(c):
+    """`h2(z1) + c h2(z2)`: both directions escape the first saddle (s = 2), each along
+    `ṁ_i = 2 c_i² m_i³ (1 − m_i²)` from a diagonal start, in `≈ d / (4 c_i²)`; the saddle
+    ends with the weaker one, so the constant is `1 / (4 min(1, c)²)`."""
+    saddle = theory.predict(h(2, 2, 0) + h(2, 2, 1) * c).saddles[0]
+    assert saddle.num_directions == 2 and saddle.law == "d^1"
+    np.testing.assert_allclose(saddle.strengths, sorted([2.0, 2 * c**2], reverse=True), rtol=1e-12)
+    assert saddle.constant == pytest.approx(1 / (4 * min(1.0, c) ** 2), rel=1e-12)
 
 
 def _escape_from(link, m0, problem, t1):
@@ -247,6 +276,25 @@ def test_fit_scaling_against_numpy():
     never[-1, :] = np.inf
     assert np.isnan(theory.fit_scaling(dims, never).slope)
     assert np.all(theory.fit_scaling(dims, never).escaped == [1, 1, 1, 0])
+
+
+def test_fit_scaling_bootstrap_interval_against_a_numpy_loop():
+    """The interval is the percentile interval at `level` of slopes refitted (`np.polyfit`)
+    to the medians of resampled seeds, the resamples drawn by `default_rng(seed)`: redone
+    here one resample at a time. A 50% interval is inside the 95% one."""
+    rng = np.random.default_rng(1)
+    dims = np.array([1e2, 1e3, 1e4])
+    times = 2.0 * dims[:, None] * rng.lognormal(0.0, 0.5, size=(3, 9))
+    columns = np.random.default_rng(7).integers(0, 9, size=(300, 9))
+    slopes = np.array([np.polyfit(np.log(dims), np.log(np.median(times[:, c], axis=1)), 1)[0] for c in columns])
+    for level in (0.95, 0.5):
+        fit = theory.fit_scaling(dims, times, num_bootstrap=300, level=level, seed=7)
+        tail = 50 * (1 - level)
+        expected = np.percentile(slopes, [tail, 100 - tail], method="nearest")
+        np.testing.assert_allclose(fit.interval, expected, rtol=1e-12)
+        assert fit.level == level
+    wide, narrow = (theory.fit_scaling(dims, times, num_bootstrap=300, level=v, seed=7).interval for v in (0.95, 0.5))
+    assert wide[0] < narrow[0] < narrow[1] < wide[1]
 
 
 def test_saddle_durations_from_escape_times():
