@@ -25,6 +25,7 @@ from ._checks import MAX_DEGREE
 from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
 from ._fast import AbstractRosenbrock, Rodas4, Rodas5
 from ._fits import RBF, AbstractFit, ArcCosine, HermiteFeatures, KernelRidge, Mehler, Polynomial, RandomFeatures
+from ._integrate import MAX_STEPS
 from ._link import Link
 
 __all__ = ["ConfigError", "load_config", "resolve_config", "build_link", "build_jobs", "CATALOGUE"]
@@ -177,7 +178,7 @@ def _number(
     if low is not None and (number < low or (low_open and number == low)):
         raise _fail(path, f"must be {'>' if low_open else '≥'} {low:g}", value)
     if high is not None and (number > high or (high_open and number == high)):
-        raise _fail(path, f"must be {'<' if high_open else '≤'} {high:g}", value)
+        raise _fail(path, f"must be {'<' if high_open else '≤'} {high:{'d' if isinstance(high, int) else 'g'}}", value)
     return number
 
 
@@ -541,7 +542,7 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
         "name": _choice(solver.get("name", "default"), "solver.name", list(SOLVERS)),
         "rtol": None if solver.get("rtol") is None else _number(solver["rtol"], "solver.rtol", low=0, low_open=True),
         "atol": None if solver.get("atol") is None else _number(solver["atol"], "solver.atol", low=0, low_open=True),
-        "max_steps": _number(solver.get("max_steps", 16384), "solver.max_steps", low=1, integer=True),
+        "max_steps": _number(solver.get("max_steps", 16384), "solver.max_steps", low=1, high=MAX_STEPS, integer=True),
     }
     solver_class = SOLVERS[c["solver"]["name"]]
     if isinstance(solver_class, type) and issubclass(solver_class, AbstractRosenbrock) and c["dynamics"] != "reduced":

@@ -6,7 +6,7 @@ over a dict of per-point values runs a whole grid in one compiled program and
 `jax.grad` differentiates an outcome with respect to any swept value.
 """
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import diffrax
@@ -17,7 +17,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_int, check_key, check_range
+from ._checks import check_int, check_key, check_range, is_concrete
 from ._fast import AbstractRosenbrock
 from ._fits import AbstractFit, HermiteFeatures, KernelRidge, Mehler
 from ._flows import Dataset, PlantedFlow, Population, Target, TwoTimescaleFlow
@@ -29,6 +29,48 @@ from ._reduced import ProblemName, make_problem
 from ._stiefel import _qr_positive
 
 Point = Mapping[str, Array | Link]
+Axes = Mapping[str, ArrayLike | Sequence[Link]]
+
+
+def _check_link_axis(values: object) -> list[Link]:
+    links = [values] if isinstance(values, Link) else list(values)  # type: ignore[call-overload]
+    if not links:
+        raise ValueError("sweep axis 'link' is empty")
+    for i, link in enumerate(links):
+        if not isinstance(link, Link):
+            raise ValueError(f"sweep axis 'link' must hold mimflow.Link objects, got {type(link).__name__} at {i}")
+    dims = sorted({link.dim for link in links})
+    if len(dims) != 1:
+        raise ValueError(f"sweep axis 'link' must hold links of one dimension k, got dimensions {dims}")
+    degrees = sorted({j for link in links for j in link.tensors})
+    return [link.with_degrees(degrees) for link in links]
+
+
+def check_grid(axes: Axes) -> dict[str, np.ndarray | list[Link]]:
+    """Each axis a non-empty 1-D list of finite values (or of `Link`s for `"link"`; seeds
+    integers in `[0, 2³²)`)."""
+    if not isinstance(axes, Mapping) or not axes:
+        raise ValueError(f"`axes` must be a non-empty dict of axis name → values, got {axes!r}")
+    checked: dict[str, np.ndarray | list[Link]] = {}
+    for name, values in axes.items():
+        if name == "link":
+            checked[name] = _check_link_axis(values)
+            continue
+        try:
+            array = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"sweep axis {name!r} must hold numbers, got {values!r}") from None
+        if array.ndim != 1:
+            raise ValueError(f"sweep axis {name!r} must be 1-D, got shape {array.shape}")
+        if array.size == 0:
+            raise ValueError(f"sweep axis {name!r} is empty")
+        if not np.all(np.isfinite(array)):
+            raise ValueError(f"sweep axis {name!r} has non-finite value {array[~np.isfinite(array)][0]}")
+        bad = (array < 0) | (array >= 2**32) | (array != np.round(array))
+        if name == "seed" and bad.any():
+            raise ValueError(f"sweep axis 'seed' must hold integers in [0, 2³²), got {array[bad][0]:g}")
+        checked[name] = array
+    return checked
 
 
 class AbstractExperiment(eqx.Module):
@@ -57,6 +99,23 @@ class AbstractExperiment(eqx.Module):
     def save_times(self) -> Float[Array, " n"]:
         """The save grid shared by every point."""
         return save_times(self.t1, self.num_saves, self.t_min)
+
+    def check_point(self, point: Point) -> None:
+        """Raise a `ValueError` naming the value unless `point` is a dict and, when its
+        values are concrete, one that `grid_points` and `sweep` would accept as a grid of
+        one point (`check_grid`, `check_axes`). Traced values (under `jax.vmap` over
+        `grid_points`, in a sweep) were checked there and are not checked again."""
+        if not isinstance(point, Mapping):
+            raise ValueError(f"`point` must be a dict of axis name → value, got {type(point).__name__}")
+        if not is_concrete(point):
+            return
+        for name, value in point.items():
+            if name != "link" and np.ndim(value) != 0:
+                raise ValueError(f"`point` value {name!r} must be a scalar, got shape {np.shape(value)}")
+        try:
+            self.check_axes(check_grid({name: [value] for name, value in point.items()}) if point else {})
+        except ValueError as error:
+            raise ValueError(f"`point`: {error}") from None
 
     def check_axes(self, axes: Mapping[str, np.ndarray | list[Link]]) -> None:
         """Raise a `ValueError` naming the axis and value for an axis this experiment does
@@ -99,16 +158,14 @@ def _reject(axes: Mapping[str, np.ndarray | list[Link]], name: str, bad, require
 
 def _check_common(
     link: Link, key: PRNGKeyArray, r: int | None, t1: float, t_min: float, num_saves: int, max_steps: int
-) -> int:
-    """Check the arguments every experiment takes; return `r` (default `k`)."""
+) -> tuple[int, int]:
+    """Check the arguments every experiment takes; return `r` (default `k`) and
+    `max_steps` as `int`s."""
     if not isinstance(link, Link):
         raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
     check_key("key", key)
-    r = link.dim if r is None else r
-    if not isinstance(r, int) or r < 1:
-        raise ValueError(f"`r` must be an integer ≥ 1, got {r!r}")
-    check_time_grid(t1, t_min, num_saves, max_steps)
-    return r
+    r = link.dim if r is None else check_int("r", r, 1)
+    return r, check_time_grid(t1, t_min, num_saves, max_steps)
 
 
 class ReducedExperiment(AbstractExperiment):
@@ -163,7 +220,7 @@ class ReducedExperiment(AbstractExperiment):
         t_min: float = 1e-2,
         max_steps: int = 16384,
     ):
-        r = _check_common(link, key, r, t1, t_min, num_saves, max_steps)
+        r, max_steps = _check_common(link, key, r, t1, t_min, num_saves, max_steps)
         make_problem(link, problem, ridge=ridge, rho=rho)  # checks problem, ridge, rho
         self.solver, self.rtol, self.atol = _controls(solver, rtol, atol)
         if problem == "planted" and r != link.dim:
@@ -184,6 +241,7 @@ class ReducedExperiment(AbstractExperiment):
         super().check_axes(axes)
 
     def __call__(self, point: Point) -> Trajectory:
+        self.check_point(point)
         link = point.get("link", self.link)
         d = point.get("d", self.d)
         overlap0 = sample_overlap(self._key(point), d, link.dim, self.r)
@@ -305,11 +363,9 @@ class FlowExperiment(AbstractExperiment):
         t_min: float = 1e-2,
         max_steps: int = 16384,
     ):
-        r = _check_common(link, key, r, t1, t_min, num_saves, max_steps)
-        if not isinstance(d_max, int) or d_max < link.dim + r:
-            raise ValueError(f"`d_max` must be an integer ≥ k + r = {link.dim + r}, got {d_max!r}")
-        if n is not None and (not isinstance(n, int) or n < 1):
-            raise ValueError(f"`n` must be None (population) or an integer ≥ 1, got {n!r}")
+        r, max_steps = _check_common(link, key, r, t1, t_min, num_saves, max_steps)
+        d_max = check_int("d_max", d_max, link.dim + r)
+        n = None if n is None else check_int("n", n, 1)
         if problem not in ("two-timescale", "planted"):
             raise ValueError(f"`problem` must be 'two-timescale' or 'planted', got {problem!r}")
         if problem == "planted" and (fit is not None or r != link.dim):
@@ -322,8 +378,8 @@ class FlowExperiment(AbstractExperiment):
             raise ValueError(
                 f"`solver`: {type(solver).__name__} integrates the reduced dynamics only; give a flow a diffrax solver"
             )
-        if d is not None and (not isinstance(d, int) or not link.dim + r <= d <= d_max):
-            raise ValueError(f"`d` must be an integer in [k + r, d_max] = [{link.dim + r}, {d_max}], got {d!r}")
+        if d is not None:
+            d = check_int("d", d, link.dim + r, d_max)
         check_range("noise", noise, low=0.0)
         solver, self.rtol, self.atol = _controls(solver, rtol, atol)
         self.link, self.key, self.fit, self.r, self.d_max, self.n, self.problem = link, key, fit, r, d_max, n, problem
@@ -370,6 +426,7 @@ class FlowExperiment(AbstractExperiment):
         return target, W0, data, fit
 
     def __call__(self, point: Point) -> Trajectory:
+        self.check_point(point)
         target, W0, data, fit = self.inputs(point)
         if self.problem == "planted":
             flow = PlantedFlow(target, data)

@@ -28,7 +28,9 @@ class Status(enum.IntEnum):
     SOLVER_FAILED = 2
     """The solver failed for another reason (e.g. an event's root find)."""
     NON_FINITE = 3
-    """The state became non-finite (or started so)."""
+    """The state became non-finite (or started so). Under `jit`/`vmap`, also a traced
+    input outside its domain (a start with singular values above 1, `d < k + r`,
+    `ridge < 0`, `rho ∉ (0, 1]`): the run starts from `nan`."""
     STEP_SIZE_COLLAPSED = 4
     """The step size fell to its floor (a controller's `dtmin`, or `RelativeFloor`'s
     time resolution) and the step still failed: the solution blows up there or the
@@ -102,11 +104,16 @@ def check_trajectory(trajectory: object) -> None:
         raise ValueError(f"`trajectory` must be a mimflow.Trajectory, got {type(trajectory).__name__}")
 
 
-def check_time_grid(t1: float, t_min: float, num_saves: int, max_steps: int) -> None:
+MAX_STEPS = 2**31 - 1
+"""The largest step budget `max_steps`: the solvers count steps in 32-bit integers."""
+
+
+def check_time_grid(t1: float, t_min: float, num_saves: int, max_steps: int) -> int:
     """Raise a `ValueError` naming the value unless `0 < t_min < t1`, `num_saves ≥ 2`
-    and `max_steps ≥ 1` (`t1` is checked only when concrete)."""
+    and `1 ≤ max_steps ≤ MAX_STEPS` (`t1` is checked only when concrete); return
+    `max_steps` as an `int` (a NumPy integer would be traced by the solve)."""
     _check_saves(t1, t_min, num_saves)
-    check_int("max_steps", max_steps, 1)
+    return check_int("max_steps", max_steps, 1, MAX_STEPS)
 
 
 def check_controls(
@@ -435,9 +442,12 @@ def _solve(problem, overlap0, ts, solver, stepsize_controller, max_steps, adjoin
         throw=False,
     )
     ys, final = sol.ys
-    # after a steady-state stop, the saves past it hold the final state
+    # after a steady-state stop, the saves past it hold the final state; a start already
+    # at the minimum stops at `ts[0]` before any save is written, so all of them do
     stopped = sol.result == diffrax.RESULTS.event_occurred
-    ys = jnp.where(stopped & (ts > sol.ts[1][-1])[:, None, None], final[-1], ys)
+    stop_time = sol.ts[1][-1]
+    unsaved = (ts > stop_time) | (stop_time <= ts[0])
+    ys = jnp.where((stopped & unsaved)[:, None, None], final[-1], ys)
     saved = jnp.isfinite(ys).all(axis=(-1, -2)) & start_finite  # not the stand-in's saves
     overlap = jnp.where(saved[:, None, None], ys, jnp.nan)
     safe = jnp.where(saved[:, None, None], ys, 0.0)
@@ -508,11 +518,15 @@ def simulate_reduced(
     """
     prob = make_problem(link, problem, ridge=ridge, rho=rho)
     prob.check_overlap(M0, "M0")
-    if is_concrete(M0) and (largest := np.linalg.norm(M0, 2)) > 1 + rounding_tolerance(np.asarray(M0)):
-        raise ValueError(f"`M0` must be an overlap W*ᵀW0, with singular values ≤ 1, got largest {largest:.6g}")
-    check_time_grid(t1, t_min, num_saves, max_steps)
+    max_steps = check_time_grid(t1, t_min, num_saves, max_steps)
     check_controls(None if isinstance(solver, AbstractRosenbrock) else solver, stepsize_controller, adjoint)
     M0 = jnp.asarray(M0, dtype=float)
+    if not is_concrete((prob, M0)):
+        # what only tracers hold is checked here: outside its domain the start is `nan`,
+        # reported as `Status.NON_FINITE` (as `sample_overlap` does for a traced `d < k + r`)
+        tolerance = rounding_tolerance(np.zeros((), M0.dtype))
+        overlap = jnp.max(_eigenvalues(M0)) <= (1 + tolerance) ** 2
+        M0 = jnp.where(prob.in_domain() & overlap, M0, jnp.nan)
     ts = save_times(t1, num_saves, t_min)
     if isinstance(solver, AbstractRosenbrock):
         if stepsize_controller is not None or adjoint is not None:

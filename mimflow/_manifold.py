@@ -7,7 +7,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from ._flows import AbstractFlow, Dataset, _with_transpose
+from ._flows import AbstractFlow, Dataset, Online, _with_transpose
 from ._integrate import (
     Trajectory,
     _ForwardingSolver,
@@ -134,7 +134,10 @@ def simulate(
       with `retraction` (`"qr"` or `"polar"`) unless it already is one.
     - `stepsize_controller`, `dt0`: default adaptive `PIDController` with the same
       tolerances as `simulate_reduced`, steps ending on the saves; for fixed steps pass
-      `diffrax.ConstantStepSize()` and `dt0`.
+      `diffrax.ConstantStepSize()` and `dt0` (needed with `Online` data: each evaluation
+      of the flow draws a new batch, which leaves an adaptive controller no error to
+      estimate; with `diffrax.Euler()` each step sees one fresh batch).
+    - `max_steps`: the step budget; a run that uses it up ends `Status.MAX_STEPS`.
     - `test`: a held-out `Dataset` for `Trajectory.test_loss`.
 
     **Returns:** a `Trajectory` like `simulate_reduced`'s (overlap `W*ᵀW`, population
@@ -147,11 +150,19 @@ def simulate(
     if not isinstance(flow, AbstractFlow):
         raise ValueError(f"`flow` must be a mimflow flow (TwoTimescaleFlow, PlantedFlow), got {type(flow).__name__}")
     flow.check_point(W0)
-    check_time_grid(t1, t_min, num_saves, max_steps)
+    max_steps = check_time_grid(t1, t_min, num_saves, max_steps)
     check_controls(solver, stepsize_controller, dt0=dt0)
     if test is not None and (not isinstance(test, Dataset) or test.X.shape[1] != flow.target.W_star.shape[0]):
         got = f"X of shape {test.X.shape}" if isinstance(test, Dataset) else type(test).__name__
         raise ValueError(f"`test` must be None or a Dataset with d={flow.target.W_star.shape[0]} columns, got {got}")
+    if isinstance(flow.data, Online) and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
+        adaptive = "the default PIDController" if stepsize_controller is None else type(stepsize_controller).__name__
+        raise ValueError(
+            "`Online` data draws a new batch at every evaluation of the flow, so an adaptive "
+            f"`stepsize_controller` ({adaptive}) rejects its steps until `max_steps`: pass "
+            "`stepsize_controller=diffrax.ConstantStepSize()` and `dt0` "
+            "(with `solver=diffrax.Euler()` each step sees one fresh batch)"
+        )
     W0 = jnp.asarray(W0, dtype=float)
     ts = save_times(t1, num_saves, t_min)
     solver = diffrax.Tsit5() if solver is None else solver

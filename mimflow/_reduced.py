@@ -13,9 +13,9 @@ from typing import Literal
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._checks import check_finite, check_int, check_range, is_concrete
+from ._checks import as_numbers, check_finite, check_int, check_range, is_concrete, rounding_tolerance
 from ._hermite import apply_each
 from ._link import Link
 
@@ -63,11 +63,23 @@ class AbstractProblem(eqx.Module):
         raise NotImplementedError
 
     def check_overlap(self, overlap: ArrayLike, name: str = "M") -> None:
-        """Raise a `ValueError` naming `name` if `overlap` is not a finite `(k, r)` matrix."""
+        """Raise a `ValueError` naming `name` if `overlap` is not a finite `(k, r)` matrix
+        or, when concrete, not an overlap: its singular values (cosines) above 1 beyond
+        rounding (`rounding_tolerance`)."""
         shape = np.shape(overlap)
         if len(shape) != 2 or shape[0] != self.link.dim or shape[1] < 1:
             raise ValueError(f"`{name}` must have shape (k, r) = ({self.link.dim}, r) for this link, got shape {shape}")
         check_finite(name, overlap)
+        if not is_concrete(overlap):
+            return
+        largest = np.linalg.norm(as_numbers(name, overlap), 2)
+        if largest > 1 + rounding_tolerance(np.asarray(overlap)):
+            raise ValueError(f"`{name}` must be an overlap W*ᵀW, with singular values ≤ 1, got largest {largest:.6g}")
+
+    def in_domain(self) -> Bool[Array, ""]:
+        """Whether the problem's parameters lie in their domain: `__init__` checks concrete
+        ones, this traced ones (under `jit`/`vmap`), for `simulate_reduced` to report."""
+        return jnp.asarray(True)
 
 
 class TwoTimescale(AbstractProblem):
@@ -94,6 +106,10 @@ class TwoTimescale(AbstractProblem):
         self.ridge = jnp.asarray(ridge, dtype=float)
         self.rho = jnp.asarray(rho, dtype=float)
         self.max_degree = max_degree
+
+    def in_domain(self) -> Bool[Array, ""]:
+        """`0 ≤ ridge < ∞` and `0 < rho ≤ 1`."""
+        return jnp.isfinite(self.ridge) & (self.ridge >= 0) & (self.rho > 0) & (self.rho <= 1)
 
     def shrinkage(self) -> dict[int, Float[Array, ""]]:
         """`{j: s_j = q_j / (q_j + μ)}` with `q_j = ρ^j` (`0` above `max_degree`)."""
@@ -127,11 +143,11 @@ class Planted(AbstractProblem):
     link: Link
 
     def check_overlap(self, overlap: ArrayLike, name: str = "M") -> None:
-        super().check_overlap(overlap, name)
-        if np.shape(overlap)[1] != self.link.dim:
+        if np.ndim(overlap) == 2 and np.shape(overlap)[1] != self.link.dim:
             raise ValueError(
                 f"the planted problem needs r = k = {self.link.dim}, got `{name}` of shape {np.shape(overlap)}"
             )
+        super().check_overlap(overlap, name)
 
     def gradient(self, overlap: Float[Array, "k k"]) -> Float[Array, "k k"]:
         """`Γ = ∇_M L_pl = −Σ_j j · T_j(1) (M^{⊗(j−1)} T_j)(1)ᵀ`."""

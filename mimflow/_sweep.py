@@ -13,58 +13,16 @@ import numpy as np
 import xarray as xr
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
-from jaxtyping import Array, ArrayLike
+from jaxtyping import Array
 
 from ._checks import check_range
-from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
+from ._experiments import AbstractExperiment, Axes, FlowExperiment, ReducedExperiment, check_grid
 from ._integrate import Status, escape_times
 from ._link import Link
 
 _BATCH = "batch"
 # a reduced sweep's compiled batch holds a multiple of this many points per device (`_width`)
 _REDUCED_MULTIPLE = 16
-Axes = Mapping[str, ArrayLike | Sequence[Link]]
-
-
-def _check_link_axis(values: object) -> list[Link]:
-    links = [values] if isinstance(values, Link) else list(values)  # type: ignore[call-overload]
-    if not links:
-        raise ValueError("sweep axis 'link' is empty")
-    for i, link in enumerate(links):
-        if not isinstance(link, Link):
-            raise ValueError(f"sweep axis 'link' must hold mimflow.Link objects, got {type(link).__name__} at {i}")
-    dims = sorted({link.dim for link in links})
-    if len(dims) != 1:
-        raise ValueError(f"sweep axis 'link' must hold links of one dimension k, got dimensions {dims}")
-    degrees = sorted({j for link in links for j in link.tensors})
-    return [link.with_degrees(degrees) for link in links]
-
-
-def _check_axes(axes: Axes) -> dict[str, np.ndarray | list[Link]]:
-    """Each axis a non-empty 1-D list of finite values (or of `Link`s for `"link"`; seeds
-    integers in `[0, 2³²)`)."""
-    if not isinstance(axes, Mapping) or not axes:
-        raise ValueError(f"`axes` must be a non-empty dict of axis name → values, got {axes!r}")
-    checked: dict[str, np.ndarray | list[Link]] = {}
-    for name, values in axes.items():
-        if name == "link":
-            checked[name] = _check_link_axis(values)
-            continue
-        try:
-            array = np.asarray(values, dtype=float)
-        except (TypeError, ValueError):
-            raise ValueError(f"sweep axis {name!r} must hold numbers, got {values!r}") from None
-        if array.ndim != 1:
-            raise ValueError(f"sweep axis {name!r} must be 1-D, got shape {array.shape}")
-        if array.size == 0:
-            raise ValueError(f"sweep axis {name!r} is empty")
-        if not np.all(np.isfinite(array)):
-            raise ValueError(f"sweep axis {name!r} has non-finite value {array[~np.isfinite(array)][0]}")
-        bad = (array < 0) | (array >= 2**32) | (array != np.round(array))
-        if name == "seed" and bad.any():
-            raise ValueError(f"sweep axis 'seed' must hold integers in [0, 2³²), got {array[bad][0]:g}")
-        checked[name] = array
-    return checked
 
 
 def _points(axes: Mapping[str, np.ndarray | list[Link]], flat_index: np.ndarray) -> dict[str, Array | Link]:
@@ -96,7 +54,7 @@ def grid_points(axes: Axes, experiment: AbstractExperiment | None = None) -> dic
     loss = lambda ridge: jax.vmap(experiment)({**points, "ridge": ridge + 0 * points["d"]}).loss[:, -1].mean()
     ```
     """
-    checked = _check_axes(axes)
+    checked = check_grid(axes)
     if experiment is not None:
         if not isinstance(experiment, AbstractExperiment):
             raise ValueError(f"`experiment` must be None or a mimflow experiment, got {type(experiment).__name__}")
@@ -273,7 +231,7 @@ class SweepPlan:
         if not isinstance(experiment, AbstractExperiment):
             raise ValueError(f"`experiment` must be a mimflow experiment, got {type(experiment).__name__}")
         check_range("escape_threshold", escape_threshold, low=0.0, high=1.0, low_open=True)
-        self.axes = _check_axes(axes)
+        self.axes = check_grid(axes)
         experiment.check_axes(self.axes)
         devices = list(jax.devices() if devices is None else devices)
         if not devices:

@@ -569,6 +569,16 @@ def test_online_flow_draws_a_fresh_batch_at_each_time():
     np.testing.assert_allclose(online.vector_field(0.05, W0), fields[1], rtol=0, atol=1e-13)
 
 
+def test_online_data_needs_fixed_steps():
+    """Adaptive steps on fresh batches are rejected until `max_steps` (all saves `nan`):
+    `simulate` refuses them up front, naming the controller and the fix."""
+    target, W0 = online_setup()
+    flow = mimflow.TwoTimescaleFlow(target, mimflow.HermiteFeatures(2), mimflow.Online(64, ONLINE_KEYS[0]))
+    for controller in (None, diffrax.PIDController(rtol=1e-6, atol=1e-6)):
+        with pytest.raises(ValueError, match="`Online` data.*PIDController.*ConstantStepSize"):
+            mimflow.simulate(flow, W0, 1.0, stepsize_controller=controller)
+
+
 # ~17 s; vmap against a loop is checked for offline flows (test_simulate_vmap_over_initial_points_equals_loop) by default
 @pytest.mark.slow
 def test_online_vmap_over_keys_equals_loop():

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import diffrax
 import jax
@@ -21,9 +22,9 @@ from helpers import closed_form_two_timescale, random_orthonormal
 import mimflow
 from mimflow import Status, links
 
-# bitwise reproducibility of the optimised machine code users run (tests/conftest.py)
-pytestmark = pytest.mark.optimized
-
+# The tests of batches and reproducibility are marked `optimized`: their subject is the
+# optimised machine code users run (tests/conftest.py). The input-handling tests at the
+# end are not: they compile little, and without optimisation.
 SOLVERS = {"kvaerno5": None, "rodas4": mimflow.Rodas4()}
 M0 = [0.3, 0.2, 0.1]
 T1 = 2000.0
@@ -44,6 +45,7 @@ def _assert_rows_equal(batch, b, lone, bitwise):
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-13, err_msg=name)
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize("solver", SOLVERS.values(), ids=SOLVERS.keys())
 @pytest.mark.parametrize("failure", ["nan-start", "overflow"])
 def test_failing_element_of_a_reduced_batch(solver, failure):
@@ -74,6 +76,7 @@ def test_failing_element_of_a_reduced_batch(solver, failure):
         assert escapes[b] == pytest.approx(closed_form_two_timescale(1.0, 3, M0[b]), rel=1e-6)
 
 
+@pytest.mark.optimized
 def test_divergent_fixed_step_element_of_a_flow_batch():
     """Fixed steps (`ConstantStepSize`) far past the explicit solver's stability limit
     in one element of a vmapped flow: that element ends `NON_FINITE` with `nan` saves
@@ -103,6 +106,7 @@ def test_divergent_fixed_step_element_of_a_flow_batch():
         np.testing.assert_allclose(batch.overlap[b], reduced.overlap, rtol=0, atol=1e-6)  # Tsit5 at dt = 0.01
 
 
+@pytest.mark.optimized
 def test_sweep_with_an_unreachable_tolerance_point():
     """A sweep over `rtol` where one point (seed 0 at 1e-14: 520 steps) cannot finish
     within a 300-step budget: that point ends `MAX_STEPS` with `nan` after its last
@@ -127,6 +131,7 @@ def test_sweep_with_an_unreachable_tolerance_point():
                 np.testing.assert_array_equal(got, want, name)
 
 
+@pytest.mark.optimized
 def test_rodas4_runs_bitwise_alone_and_vmapped():
     """`simulate_reduced` with `Rodas4`, one start alone and in `vmap` batches of 1, 2
     and 5: the same bits (its batching rule runs a batch of one as two, see
@@ -164,6 +169,7 @@ WITHOUT_FMA = textwrap.dedent(
 )
 
 
+@pytest.mark.optimized
 @pytest.mark.parametrize("flags", [pytest.param("", marks=pytest.mark.slow), "--xla_cpu_max_isa=AVX"])  # slow: CI time
 def test_default_solver_alone_and_vmapped_without_fma(flags):
     """`simulate_reduced` with the default solver and `k·r = 1`, five starts alone and in
@@ -187,7 +193,7 @@ REPRODUCIBLE = textwrap.dedent(
     jax.config.update("jax_enable_x64", True)
     import mimflow
     from mimflow import links
-    from mimflow._sweep import _check_axes, _points, _run, _sequential
+    from mimflow._sweep import _points, _run, _sequential, check_grid
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     assert len(jax.devices()) == 4, jax.devices()
     link = links.hermite(1, 2, 0) + links.hermite(2, 2, 1)
@@ -224,7 +230,7 @@ REPRODUCIBLE = textwrap.dedent(
     # the work is split: each device holds one slice of the batch (8 points: the sharded
     # sweep's program)
     mesh = Mesh(np.array(jax.devices()), ("batch",))
-    points = jax.device_put(_points(_check_axes(axes), np.arange(8) % 6), NamedSharding(mesh, P("batch")))
+    points = jax.device_put(_points(check_grid(axes), np.arange(8) % 6), NamedSharding(mesh, P("batch")))
     out = _run(experiment, points, 0.5, _sequential(experiment, jax.devices()[0]), mesh)
     assert len(out["loss"].sharding.device_set) == 4 and not out["loss"].sharding.is_fully_replicated
     print("ok")
@@ -232,11 +238,21 @@ REPRODUCIBLE = textwrap.dedent(
 )
 
 
+# jax 0.12.0.1 (Python ≥ 3.12; this repo's CI runs 0.10.2): the sharded reduced sweeps'
+# escape times differ from the one-device run's in the last bit (4.4e-16 with Rodas4,
+# 1.1e-13 at times ≈ 1e3 with the default solver) while their losses, overlaps and
+# singular values stay bitwise equal; not yet understood (README "Reliability")
+SHARDED_ESCAPES_JAX_0_12 = pytest.mark.xfail(
+    jax.__version_info__ >= (0, 12), reason="jax 0.12: sharded escape times equal only to rounding", strict=False
+)
+
+
+@pytest.mark.optimized
 @pytest.mark.parametrize(
     "case",
     [
-        "reduced-rodas4",
-        "reduced-default",
+        pytest.param("reduced-rodas4", marks=SHARDED_ESCAPES_JAX_0_12),
+        pytest.param("reduced-default", marks=SHARDED_ESCAPES_JAX_0_12),
         "sample-flow",
         pytest.param("population-flow", marks=pytest.mark.slow),  # slow: 45 CPU-s
     ],
@@ -253,3 +269,184 @@ def test_sweeps_bitwise_alone_whole_chunked_sharded(case):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip().endswith("ok")
+
+
+# --- Input handling (issue 9): values a run cannot use give a `ValueError` naming them when
+# concrete, and a status of their own when traced; legitimate edge cases run.
+
+H2 = links.hermite(2)  # ℒ(m) = ½(1 − s m⁴), s = ρ²/(ρ² + μ), for the two-timescale problem
+KEY = jax.random.key(0)
+CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+EDGE_SOLVERS = {"kvaerno5": None, "rodas5": mimflow.Rodas5()}
+
+
+def _h2_loss(m, ridge=0.0, rho=1.0):
+    return 0.5 * (1.0 - rho**2 / (rho**2 + ridge) * m**4)
+
+
+@pytest.mark.parametrize("solver", EDGE_SOLVERS.values(), ids=EDGE_SOLVERS.keys())
+def test_start_at_the_minimum_succeeds_with_every_save_at_the_start(solver):
+    """A start where nothing is left to learn (the steady-state event holds at `t = 0`):
+    `h_2` at `m = 1`, the zero link, a ridge so large that the fit is zero. It succeeds
+    and every save is the start, at the closed-form loss (the default solver reported
+    `NON_FINITE`, with no save at `t = 0`)."""
+    cases = [(H2, 1.0, 0.0, _h2_loss(1.0)), (0.0 * H2, 0.6, 0.0, 0.0), (H2, 0.6, 1e308, 0.5)]
+    for link, m0, ridge, loss in cases:
+        traj = mimflow.simulate_reduced(link, [[m0]], 10.0, num_saves=4, ridge=ridge, solver=solver)
+        assert int(traj.status) == Status.SUCCESS, (m0, ridge, traj.status)
+        np.testing.assert_array_equal(traj.overlap, np.full((4, 1, 1), m0))
+        np.testing.assert_allclose(traj.loss, np.full(4, loss), rtol=0, atol=1e-15)
+
+
+def test_sweep_point_at_the_minimum_succeeds():
+    """The same in a sweep (default solver) over a link and zero times it: the zero
+    link's point succeeds, every save `sample_overlap`'s start at loss 0, and the other
+    point is unaffected (it escapes: `m → 1`)."""
+    h1 = links.hermite(1)
+    experiment = mimflow.ReducedExperiment(h1, KEY, 10.0, d=10.0, num_saves=4)
+    results = mimflow.sweep(experiment, {"link": [h1, 0.0 * h1]})
+    assert results.status.values.tolist() == [Status.SUCCESS, Status.SUCCESS]
+    m0 = float(mimflow.sample_overlap(jax.random.fold_in(KEY, 0), 10.0, 1, 1)[0, 0])
+    np.testing.assert_allclose(results.overlap.values[1].ravel(), np.full(4, m0), rtol=1e-15)
+    np.testing.assert_array_equal(results.loss.values[1], np.zeros(4))
+    assert results.overlap.values[0, 0, 0, 0] == pytest.approx(m0, rel=1e-15)
+    assert abs(results.overlap.values[0, -1, 0, 0]) > 0.999
+
+
+def test_numpy_integer_step_budgets_run_as_python_integers():
+    """`max_steps` (and an experiment's `r`, `d_max`, `n`, `d`) as a NumPy integer is that
+    integer: the same run as with the Python int (it was traced into the solve and
+    failed there, or rejected as "not an integer")."""
+    run = lambda steps: mimflow.simulate_reduced(H2, [[0.1]], 1.0, num_saves=4, max_steps=steps)  # noqa: E731
+    numpy_int, python_int = run(np.int64(16384)), run(16384)  # the program of the tests above
+    for name in ("overlap", "loss", "status", "num_steps"):
+        np.testing.assert_array_equal(getattr(numpy_int, name), getattr(python_int, name), name)
+    reduced = mimflow.ReducedExperiment(H2, KEY, 1.0, d=10.0, r=np.int64(1), max_steps=np.int64(100))
+    fit = mimflow.HermiteFeatures(2, 1e-3, 0.9)
+    flow = mimflow.FlowExperiment(
+        H2, KEY, 1.0, d_max=np.int64(8), d=np.int32(6), n=np.int64(4), fit=fit, max_steps=np.uint16(100)
+    )
+    fields = (reduced.r, reduced.max_steps, flow.d_max, flow.n, flow.max_steps)
+    assert fields == (1, 100, 8, 4, 100) and all(type(v) is int for v in fields), fields
+    assert float(flow.d) == 6.0
+
+
+def test_numpy_integer_step_budget_of_a_flow():
+    """As above for `simulate`: the same run with `max_steps` a NumPy or a Python int."""
+    flow = mimflow.TwoTimescaleFlow(mimflow.Target(H2, mimflow.haar_stiefel(KEY, 4, 1)))
+    W0 = mimflow.haar_stiefel(jax.random.key(1), 4, 1)
+    numpy_int = mimflow.simulate(flow, W0, 1.0, num_saves=4, max_steps=np.int64(100))
+    np.testing.assert_array_equal(numpy_int.loss, mimflow.simulate(flow, W0, 1.0, num_saves=4, max_steps=100).loss)
+
+
+def test_summaries_of_a_batch_are_those_of_each_trajectory():
+    """`loss_area` and `smooth_escape_time` of trajectories with leading batch axes (as
+    `vmap` returns them; here `(2, 3)`) against the trapezoid rule in `log t` per
+    trajectory, by NumPy (they raised, or returned one wrong `(n,)` array)."""
+    rng = np.random.default_rng(0)
+    n = 6
+    ts = np.concatenate([[0.0], np.logspace(-2, 2, n - 1)])
+    values = rng.uniform(0.0, 1.0, (2, 3, n))
+    batch = mimflow.Trajectory(
+        ts=jnp.broadcast_to(ts, (2, 3, n)),
+        overlap=jnp.asarray(values[..., None, None]),
+        loss=jnp.asarray(values[::-1]),
+        singular_values=jnp.asarray(values[..., None]),
+        status=jnp.zeros((2, 3), int),
+        num_steps=jnp.ones((2, 3), int),
+    )
+    log_t = np.log(ts[1:])
+    area = np.trapezoid(values[::-1][..., 1:], log_t, axis=-1)
+    below = 1.0 / (1.0 + np.exp(-(0.5 - values[..., 1:]) / 0.02))
+    escape = ts[1] * np.exp(np.trapezoid(below, log_t, axis=-1))
+    np.testing.assert_allclose(mimflow.loss_area(batch), area, rtol=1e-14)
+    np.testing.assert_allclose(mimflow.smooth_escape_time(batch), escape, rtol=1e-13)
+
+
+EXPERIMENT = mimflow.ReducedExperiment(links.hermite(1), KEY, 10.0, d=10.0, num_saves=4)
+FLOW_EXPERIMENT = mimflow.FlowExperiment(H2, KEY, 1.0, d_max=8, d=6, num_saves=4)
+BAD_POINTS = [
+    ("seed-fraction", EXPERIMENT, {"seed": 1.5}, ["`point`", "'seed'", "1.5"]),
+    ("seed-negative", EXPERIMENT, {"seed": -1}, ["`point`", "'seed'", "-1"]),
+    ("axis-typo", EXPERIMENT, {"seed": 1, "ridg": 5.0}, ["`point`", "'ridg'"]),
+    ("axis-of-flows", EXPERIMENT, {"noise": 5.0}, ["`point`", "'noise'"]),
+    ("link-dimension", EXPERIMENT, {"link": links.staircase(2)}, ["`point`", "'link'", "k=2"]),
+    ("ridge-negative", EXPERIMENT, {"ridge": -1.0}, ["`point`", "'ridge'", "-1"]),
+    ("not-a-dict", EXPERIMENT, [1, 2], ["`point`", "list"]),
+    ("not-a-scalar", EXPERIMENT, {"seed": np.arange(2)}, ["`point`", "'seed'", "(2,)"]),
+    ("flow-d-below", FLOW_EXPERIMENT, {"d": 1}, ["`point`", "'d'", "k + r = 2", "1"]),
+    ("flow-d-fraction", FLOW_EXPERIMENT, {"d": 6.5}, ["`point`", "'d'", "6.5"]),
+    ("flow-ridge-without-fit", FLOW_EXPERIMENT, {"ridge": 0.1}, ["`point`", "'ridge'", "fit"]),
+]
+
+
+@pytest.mark.parametrize("experiment, point, words", [c[1:] for c in BAD_POINTS], ids=[c[0] for c in BAD_POINTS])
+def test_direct_call_on_a_concrete_point_checks_it_as_a_sweep_does(experiment, point, words):
+    """An experiment called on a point of numbers checks it as `grid_points` and `sweep`
+    do (it ran a fractional seed as its floor, ignored an unknown axis, ran a link of
+    another `k`, a `d < k + r`, a negative ridge). Before anything is compiled."""
+    with pytest.raises(ValueError) as error:
+        experiment(point)
+    for word in words:
+        assert word in str(error.value), (word, str(error.value))
+
+
+def test_traced_points_are_not_checked_again(monkeypatch):
+    """Under `vmap` over `grid_points` (which checked the grid) the experiment's program is
+    exactly the one without the point check: nothing more to compile or run."""
+    points = mimflow.grid_points({"seed": [0, 1], "ridge": [0.0, 0.1]}, EXPERIMENT)
+    checked = str(jax.make_jaxpr(jax.vmap(EXPERIMENT))(points))
+    monkeypatch.setattr(mimflow.ReducedExperiment, "check_point", lambda self, point: None)
+    assert str(jax.make_jaxpr(jax.vmap(EXPERIMENT))(points)) == checked
+
+
+@pytest.mark.parametrize("solver", EDGE_SOLVERS.values(), ids=EDGE_SOLVERS.keys())
+def test_traced_inputs_outside_their_domain_end_non_finite(solver):
+    """Under `jit`, a start with a singular value above 1 or a ridge or `rho` outside its
+    domain cannot raise: the run ends `NON_FINITE` with `nan` saves (as a traced
+    `d < k + r` does), where it used to succeed with a negative loss or a loss above
+    `½‖f‖²`. In-domain values in the same compiled program run, at the closed-form loss."""
+
+    @jax.jit
+    def run(m0, ridge, rho):
+        return mimflow.simulate_reduced(
+            H2, m0 * jnp.ones((1, 1)), 10.0, num_saves=4, ridge=ridge, rho=rho, solver=solver
+        )
+
+    for m0, ridge, rho in ((3.0, 0.0, 1.0), (0.3, -10.0, 1.0), (0.3, 0.0, 0.0), (0.3, 0.0, 1.5), (0.3, np.inf, 1.0)):
+        traj = run(m0, ridge, rho)
+        assert int(traj.status) == Status.NON_FINITE, (m0, ridge, rho, traj.status)
+        assert np.isnan(np.asarray(traj.loss)).all()
+    traj = run(0.3, 0.1, 0.5)
+    assert int(traj.status) == Status.SUCCESS
+    assert float(traj.loss[0]) == pytest.approx(_h2_loss(0.3, 0.1, 0.5), rel=1e-14)
+
+
+def test_concrete_overlaps_above_one_are_rejected():
+    """A concrete overlap with a singular value above 1 is no overlap: `reduced_loss` and
+    `reduced_vector_field` raise naming it (they returned −312 and −6000 at `m = 5`).
+    One from orthonormal matrices, off by rounding, is accepted."""
+    for function in (mimflow.reduced_loss, mimflow.reduced_vector_field):
+        with pytest.raises(ValueError, match=r"`M`.*singular values ≤ 1.*got largest 5"):
+            function(H2, [[5.0]])
+    with pytest.raises(ValueError, match=r"`M`.*got largest 1\.5"):
+        mimflow.reduced_loss(links.staircase(2), [[1.2, 0.0], [0.0, 1.5]], "planted")
+    rotation = random_orthonormal(np.random.default_rng(0), 2, 2) * (1 + 1e-12)
+    assert float(mimflow.reduced_loss(links.staircase(2), rotation)) == pytest.approx(0.0, abs=1e-10)
+
+
+BAD_STEP_BUDGETS = [
+    ("simulate-reduced", lambda: mimflow.simulate_reduced(H2, [[0.1]], 1.0, max_steps=10**20), "`max_steps`"),
+    ("reduced-experiment", lambda: mimflow.ReducedExperiment(H2, KEY, 1.0, max_steps=2**31), "`max_steps`"),
+    ("config", lambda: mimflow.load_config(CONFIG, ["solver.max_steps=1e20"]), "solver.max_steps"),
+]
+
+
+@pytest.mark.parametrize("make, name", [c[1:] for c in BAD_STEP_BUDGETS], ids=[c[0] for c in BAD_STEP_BUDGETS])
+def test_step_budgets_beyond_32_bits_are_rejected(make, name):
+    """A step budget above `2³¹ − 1` (the solvers count steps in 32 bits) raises naming
+    it, with the bound (it overflowed inside the solve, or passed a config's check and
+    crashed the run with a traceback)."""
+    with pytest.raises(ValueError) as error:
+        make()
+    assert name in str(error.value) and "2147483647" in str(error.value), str(error.value)
