@@ -4,6 +4,7 @@ Checks on values run only on concrete arrays; inside `jit`/`vmap` the values are
 tracers, and what cannot be checked there is reported through a status instead.
 """
 
+import math
 from numbers import Integral
 from typing import Any
 
@@ -66,6 +67,22 @@ def check_shape(name: str, value: Any, shape: tuple[int, ...]) -> None:
 MAX_DEGREE = 64
 """The highest polynomial degree of a link: a degree-`j` tensor has `j` axes, and NumPy
 and JAX arrays have at most 64."""
+
+
+MAX_LINK_SIZE = 2**20
+"""The most entries a link's Hermite tensor of degree `D` on `ℝ^k` (`k^D`) and its table
+of multi-indices (`binom(D + k − 1, D)` rows of length `k`) may hold, as in configs."""
+
+
+def check_link_size(dim: int, degree: int, source: str) -> None:
+    """Raise a `ValueError` starting with `source` (the arguments that set them) unless a
+    link on `ℝ^dim` of degree `degree` fits `MAX_LINK_SIZE` (checked before building it)."""
+    count = math.comb(degree + dim - 1, degree)
+    if degree > MAX_DEGREE or max(dim**degree, count * dim) > MAX_LINK_SIZE:
+        raise ValueError(
+            f"{source}: a link on ℝ^{dim} of degree {degree} is too large to build (its tensor would hold "
+            f"{dim}^{degree} entries and its multi-index table {count} × {dim}; at most 2^20 each)"
+        )
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._batching import with_batching_rule
-from ._checks import check_finite, check_int, check_key, check_range
+from ._checks import check_finite, check_int, check_key, check_range, is_concrete
 from ._hermite import expansion_value_and_grad, hermite_1d, hermite_basis, multi_indices
 
 
@@ -51,8 +51,8 @@ class Mehler(AbstractKernel):
 
     def __init__(self, rho: float = 0.5):
         check_range("rho", rho, low=0.0, high=1.0, low_open=True)
-        if rho == 1.0:
-            raise ValueError("`rho` must be < 1 for the Mehler kernel, got 1.0")
+        if is_concrete(rho) and np.asarray(rho) == 1.0:  # a traced `rho` (jit, vmap) is not checked
+            raise ValueError(f"`rho` must be < 1 for the Mehler kernel, got {float(rho)!r}")
         self.rho = jnp.asarray(rho, dtype=float)
 
     def __call__(self, left, right):
@@ -208,6 +208,15 @@ def _rowwise_value_and_grad(fn, z: Float[Array, "n r"]) -> tuple[Float[Array, " 
     return values, pullback(jnp.ones_like(values))[0]
 
 
+def _check_points(z: Float[ArrayLike, "n r"], r: int) -> Float[Array, "n r"]:
+    """`z` as an array; a `ValueError` unless it has shape `(n, r)` and, when concrete, is finite."""
+    check_finite("z", z)
+    z = jnp.asarray(z)
+    if z.ndim != 2 or z.shape[1] != r:
+        raise ValueError(f"`z` must have shape (n, r={r}) for a link fitted on r = {r} directions, got shape {z.shape}")
+    return z
+
+
 class AbstractFittedLink(eqx.Module):
     """A fitted link `f̂: ℝ^r → ℝ`; `f̂(Z)` evaluates it on rows `Z` of shape `(n, r)`."""
 
@@ -227,13 +236,18 @@ class KernelModel(AbstractFittedLink):
     coefficients: Float[Array, " n"]
 
     def __call__(self, z):
-        return self.kernel(z, self.centres) @ self.coefficients
+        return self.kernel(_check_points(z, self.centres.shape[1]), self.centres) @ self.coefficients
 
 
 class AbstractFeatures(eqx.Module):
     """A feature map `φ: ℝ^r → ℝ^p`; `features(Z)` is the `(n, p)` design matrix."""
 
     def __call__(self, z: Float[Array, "n r"]) -> Float[Array, "n p"]:
+        raise NotImplementedError
+
+    @property
+    def num_inputs(self) -> int:
+        """`r`, the dimension of the points the map takes."""
         raise NotImplementedError
 
     def value_and_grad(
@@ -267,10 +281,10 @@ class FeatureModel(AbstractFittedLink):
     weights: Float[Array, " p"]
 
     def __call__(self, z):
-        return self.features(z) @ self.weights
+        return self.features(_check_points(z, self.features.num_inputs)) @ self.weights
 
     def value_and_grad(self, z):
-        return self.features.value_and_grad(z, self.weights)
+        return self.features.value_and_grad(_check_points(z, self.features.num_inputs), self.weights)
 
 
 class ReLUFeatures(AbstractFeatures):
@@ -278,6 +292,10 @@ class ReLUFeatures(AbstractFeatures):
 
     weights: Float[Array, "r p"]
     biases: Float[Array, " p"]
+
+    @property
+    def num_inputs(self):
+        return self.weights.shape[-2]
 
     def __call__(self, z):
         return self._design(z, unrolled=False)
@@ -377,6 +395,10 @@ class FourierFeatures(AbstractFeatures):
     frequencies: Float[Array, "r p"]
     phases: Float[Array, " p"]
 
+    @property
+    def num_inputs(self):
+        return self.frequencies.shape[-2]
+
     def __call__(self, z):
         return math.sqrt(2.0 / self.phases.shape[0]) * jnp.cos(z @ self.frequencies + self.phases)
 
@@ -397,6 +419,10 @@ class HermiteFeatureMap(AbstractFeatures):
     dim: int = eqx.field(static=True)
     degree: int = eqx.field(static=True)
     rho: Float[Array, ""]
+
+    @property
+    def num_inputs(self):
+        return self.dim
 
     def __call__(self, z):
         table = hermite_1d(self.degree, z)  # (*batch, r, D + 1), shared by every degree
@@ -543,8 +569,7 @@ class HermiteFeatures(AbstractFeatureFit):
     ridge: Float[Array, ""]
 
     def __init__(self, degree: int, ridge: float = 0.0, rho: float = 1.0):
-        if not isinstance(degree, int) or degree < 0:
-            raise ValueError(f"`degree` must be an integer ≥ 0, got {degree!r}")
+        degree = check_int("degree", degree, 0)
         check_range("ridge", ridge, low=0.0)
         check_range("rho", rho, low=0.0, high=1.0, low_open=True)
         self.degree = degree

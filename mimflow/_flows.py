@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_finite, check_key, check_orthonormal, check_range
+from ._checks import check_finite, check_int, check_key, check_orthonormal, check_range
 from ._fits import AbstractFit, AbstractFittedLink, HermiteFeatures, KernelRidge, Mehler
 from ._hermite import apply_each
 from ._link import Link
@@ -35,6 +35,8 @@ class Dataset(eqx.Module):
         X, y = jnp.asarray(X, dtype=float), jnp.asarray(y, dtype=float)
         if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
             raise ValueError(f"need X of shape (n, d) and y of shape (n,) with the same n, got {X.shape} and {y.shape}")
+        if X.shape[0] == 0:
+            raise ValueError(f"`X` must hold at least one sample (n ≥ 1), got shape {X.shape}")
         self.X, self.y, self._XT = X, y, None
 
 
@@ -49,6 +51,17 @@ def _with_transpose(data: "Data") -> "Data":
     if not isinstance(data, Dataset) or data._XT is not None or jax.default_backend() != "cpu":
         return data
     return eqx.tree_at(lambda x: x._XT, data, jnp.transpose(data.X), is_leaf=lambda x: x is None)
+
+
+def _as_point(W: Float[ArrayLike, "d r"], d: int, name: str = "W") -> Float[Array, "d r"]:
+    """`W` as an array; a `ValueError` naming `name` unless it has shape `(d, r)` with
+    `1 ≤ r ≤ d` and, when concrete, is finite (orthonormality is not asked: a flow's
+    fields and losses are also evaluated off the manifold, e.g. by finite differences)."""
+    shape = np.shape(W)
+    if len(shape) != 2 or shape[0] != d or not 1 <= shape[1] <= d:
+        raise ValueError(f"`{name}` must have shape (d={d}, r) with 1 ≤ r ≤ d, got shape {shape}")
+    check_finite(name, W)
+    return jnp.asarray(W)
 
 
 def _project(data: Dataset, W: Float[Array, "d r"]) -> Float[Array, "n r"]:
@@ -87,8 +100,7 @@ class Target(eqx.Module):
 
     def sample(self, key: PRNGKeyArray, n: int) -> Dataset:
         """`n` samples `(x_i, F*(x_i))`."""
-        if not isinstance(n, int) or n < 1:
-            raise ValueError(f"`n` must be an integer ≥ 1, got {n!r}")
+        n = check_int("n", n, 1)
         check_key("key", key)
         key_x, key_noise = jax.random.split(key)
         X = jax.random.normal(key_x, (n, self.W_star.shape[0]), self.W_star.dtype)
@@ -97,7 +109,7 @@ class Target(eqx.Module):
 
     def overlap(self, W: Float[Array, "d r"]) -> Float[Array, "k r"]:
         """`M = W*ᵀ W`."""
-        return self.W_star.T @ W
+        return self.W_star.T @ _as_point(W, self.W_star.shape[0])
 
 
 class Population(eqx.Module):
@@ -113,8 +125,7 @@ class Online(eqx.Module):
     key: PRNGKeyArray
 
     def __init__(self, num_samples: int, key: PRNGKeyArray):
-        if not isinstance(num_samples, int) or num_samples < 1:
-            raise ValueError(f"`num_samples` must be an integer ≥ 1, got {num_samples!r}")
+        num_samples = check_int("num_samples", num_samples, 1)
         check_key("key", key)
         self.num_samples, self.key = num_samples, key
 
@@ -164,6 +175,7 @@ class AbstractFlow(eqx.Module):
 
     def vector_field(self, t: Float[ArrayLike, ""], W: Float[Array, "d r"]) -> Float[Array, "d r"]:
         """`Ẇ = −P_W ∇_W L(W)`."""
+        W = self._point(W)
         return -project_tangent(W, self.gradient(W, t), self.metric)
 
     def loss(self, W: Float[Array, "d r"]) -> Float[Array, ""]:
@@ -180,16 +192,21 @@ class AbstractFlow(eqx.Module):
 
     def test_loss(self, W: Float[Array, "d r"], test: Dataset, t: Float[ArrayLike, ""] = 0.0) -> Float[Array, ""]:
         """`½ mean (y − f̂(Wᵀx))²` on a held-out dataset."""
+        W = self._point(W)
+        if not isinstance(test, Dataset) or test.X.shape[1] != W.shape[0]:
+            got = f"X of shape {test.X.shape}" if isinstance(test, Dataset) else type(test).__name__
+            raise ValueError(f"`test` must be a Dataset with d={W.shape[0]} columns, got {got}")
         return 0.5 * jnp.mean((test.y - self.fitted(W, t)(test.X @ W)) ** 2)
 
+    def _point(self, W: Float[ArrayLike, "d r"], name: str = "W") -> Float[Array, "d r"]:
+        """`W` as an array; a `ValueError` naming `name` unless it has shape `(d, r)` for
+        this flow and, when concrete, is finite."""
+        return _as_point(W, self.target.W_star.shape[0], name)
+
     def check_point(self, W: ArrayLike, name: str = "W0") -> None:
-        """Raise a `ValueError` naming `name` unless `W` has shape `(d, r)` for this flow."""
-        d = self.target.W_star.shape[0]
-        shape = np.shape(W)
-        if len(shape) != 2 or shape[0] != d or not 1 <= shape[1] <= d:
-            raise ValueError(f"`{name}` must have shape (d={d}, r) with 1 ≤ r ≤ d, got shape {shape}")
-        check_finite(name, W)
-        check_orthonormal(name, W)
+        """Raise a `ValueError` naming `name` unless `W` is a point of St(d, r) for this flow:
+        shape `(d, r)`, finite, orthonormal columns."""
+        check_orthonormal(name, self._point(W, name))
 
 
 def _population_problem(link: Link, fit: AbstractFit | None) -> TwoTimescale:
@@ -238,6 +255,7 @@ class TwoTimescaleFlow(AbstractFlow):
     def fitted(self, W, t=0.0):
         """The fast timescale at `W`: the closed-form fit on `Z = XW` (finite data), or the
         population fit `f_W = Σ_j s_j ⟨(Mᵀ)^{⊗j} T_j, H_j⟩` (the shrunk conditional expectation)."""
+        W = self._point(W)
         if self.reduced is not None:
             overlap, weights = self.target.overlap(W), self.reduced.shrinkage()
             tensors = {j: weights[j] * apply_each(overlap.T, tensor) for j, tensor in self.target.link.tensors.items()}
@@ -246,6 +264,7 @@ class TwoTimescaleFlow(AbstractFlow):
         return self.fit.fit(_project(batch, W), batch.y)
 
     def gradient(self, W, t=0.0):
+        W = self._point(W)
         if self.reduced is not None:
             overlap = self.target.overlap(W)
             return -self.target.W_star @ self.reduced.B(overlap @ overlap.T) @ overlap
@@ -256,9 +275,11 @@ class TwoTimescaleFlow(AbstractFlow):
         return _envelope_gradient(self.fit.fit(_project(batch, W), batch.y), batch, W)
 
     def loss(self, W):
+        W = self._point(W)
         return (self.reduced or TwoTimescale(self.target.link)).loss(self.target.overlap(W))
 
     def train_loss(self, W, t=0.0):
+        W = self._point(W)
         if self.reduced is not None:
             return jnp.asarray(jnp.nan, W.dtype)
         batch = _batch(self.data, self.target, t)
@@ -279,21 +300,25 @@ class PlantedFlow(AbstractFlow):
     def __init__(self, target: Target, data: Data | None = None):
         self.target, self.data = target, _check_data(target, data)
 
-    def check_point(self, W, name="W0"):
-        super().check_point(W, name)
-        if np.shape(W)[1] != self.target.link.dim:
-            raise ValueError(f"the planted flow needs r = k = {self.target.link.dim}, got `{name}` shape {np.shape(W)}")
+    def _point(self, W, name="W"):
+        W = super()._point(W, name)
+        if W.shape[1] != self.target.link.dim:
+            raise ValueError(f"the planted flow needs r = k = {self.target.link.dim}, got `{name}` shape {W.shape}")
+        return W
 
     def gradient(self, W, t=0.0):
+        W = self._point(W)
         if isinstance(self.data, Population):
             return self.target.W_star @ Planted(self.target.link).gradient(self.target.overlap(W))
         batch = _batch(self.data, self.target, t)
         return _envelope_gradient(_KnownLink(self.target.link), batch, W)
 
     def loss(self, W):
+        W = self._point(W)
         return Planted(self.target.link).loss(self.target.overlap(W))
 
     def train_loss(self, W, t=0.0):
+        W = self._point(W)
         if isinstance(self.data, Population):
             return jnp.asarray(jnp.nan, W.dtype)
         batch = _batch(self.data, self.target, t)
@@ -301,6 +326,7 @@ class PlantedFlow(AbstractFlow):
 
     def fitted(self, W, t=0.0):
         """The known link `f*`."""
+        self._point(W)
         return _KnownLink(self.target.link)
 
 

@@ -10,7 +10,6 @@ coefficients `c_α = ⟨f, h_α⟩` of `⟨T_j, H_j(z)⟩` are related by
 """
 
 import functools
-import itertools
 import math
 import operator
 from collections.abc import Iterable
@@ -19,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import check_finite, check_int
+from ._checks import MAX_LINK_SIZE, check_finite, check_int
 
 
 def hermite_1d(degree: int, x: Float[ArrayLike, "*batch"]) -> Float[Array, "*batch degree+1"]:
@@ -49,16 +48,31 @@ def _hermite_list(degree: int, x: Float[Array, "*batch"]) -> list[Float[Array, "
 
 
 def multi_indices(dim: int, degree: int) -> np.ndarray:
-    """All multi-indices `α ∈ ℕ^dim` with `|α| = degree`, shape `(count, dim)`,
-    in lexicographically decreasing order (`(j, 0, …)` first); `dim ≥ 1`, `degree ≥ 0`."""
-    return _multi_indices(check_int("dim", dim, 1), check_int("degree", degree, 0))
+    """All multi-indices `α ∈ ℕ^dim` with `|α| = degree`, shape `(count, dim)` with
+    `count = binom(degree + dim − 1, degree)`, in lexicographically decreasing order
+    (`(j, 0, …)` first); `dim ≥ 1`, `degree ≥ 0`, and the table at most `2^20` entries."""
+    dim, degree = check_int("dim", dim, 1), check_int("degree", degree, 0)
+    count = math.comb(degree + dim - 1, degree)
+    if count * dim > MAX_LINK_SIZE:
+        raise ValueError(
+            f"`dim` = {dim} and `degree` = {degree} have {count} multi-indices of length {dim}: "
+            f"more than 2^20 entries to list"
+        )
+    return _multi_indices(dim, degree)
 
 
 @functools.cache
 def _multi_indices(dim: int, degree: int) -> np.ndarray:
-    rows = [alpha for alpha in itertools.product(range(degree, -1, -1), repeat=dim) if sum(alpha) == degree]
+    # by length: those of length m and each sum s ≤ degree, from those of length m − 1
+    # (first entry a = s, …, 0 before the rest, which keeps the order decreasing)
     # int32 (sizes are capped at 2^20): index arrays keep one dtype under x64 on and off
-    return np.array(rows, dtype=np.int32).reshape(len(rows), dim)
+    tables = [np.full((1, 1), s, dtype=np.int32) for s in range(degree + 1)]
+    for _ in range(dim - 1):
+        tables = [
+            np.concatenate([np.insert(tables[s - a], 0, a, axis=1) for a in range(s, -1, -1)])
+            for s in range(degree + 1)
+        ]
+    return tables[degree]
 
 
 @functools.cache
@@ -66,15 +80,24 @@ def _tuple_map(dim: int, degree: int) -> tuple[np.ndarray, np.ndarray]:
     """For every index tuple of a `dim^degree` tensor (in C order): the row of its
     multi-index in `multi_indices(dim, degree)`, and the factor `√(α!/j!)` of each row."""
     alphas = multi_indices(dim, degree)
-    row_of = {tuple(a): i for i, a in enumerate(alphas)}
-    tuples = itertools.product(range(dim), repeat=degree)
-    rows = np.array(
-        [row_of[tuple(np.bincount(np.array(t, dtype=np.int64), minlength=dim))] for t in tuples],
-        dtype=np.int32,
-    )
+    # a tuple and its multi-index α share one sorted tuple (α_0 zeros, α_1 ones, …): key
+    # each by the C-order position of its sorted tuple in the tensor
+    sorted_alphas = np.repeat(np.tile(np.arange(dim, dtype=np.int32), len(alphas)), alphas.reshape(-1))
+    row_of_key = np.zeros(dim**degree, dtype=np.int32)
+    row_of_key[_c_order_keys(sorted_alphas.reshape(len(alphas), degree), dim)] = np.arange(len(alphas))
+    tuples = np.indices((dim,) * degree, dtype=np.int32).reshape(degree, dim**degree).T  # C order
+    rows = row_of_key[_c_order_keys(np.sort(tuples, axis=1), dim)]
     # α!/j! divided as Python integers (exact, one rounding): α! overflows int64 from j = 21
     scale = np.sqrt([math.prod(math.factorial(a) for a in alpha) / math.factorial(degree) for alpha in alphas])
     return rows, scale
+
+
+def _c_order_keys(tuples: np.ndarray, dim: int) -> np.ndarray:
+    """The C-order position in a `dim^degree` tensor of each row (an index tuple) of `tuples`."""
+    keys = np.zeros(len(tuples), dtype=np.int64)
+    for column in tuples.T:
+        keys = keys * dim + column
+    return keys
 
 
 def _fresh(cached: tuple[np.ndarray, np.ndarray], dtype) -> tuple[np.ndarray, np.ndarray]:

@@ -9,7 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._checks import MAX_DEGREE, check_finite, check_int, check_orthonormal, check_range, check_shape
+from ._checks import (
+    MAX_DEGREE,
+    check_finite,
+    check_int,
+    check_link_size,
+    check_orthonormal,
+    check_range,
+    check_shape,
+)
 from ._hermite import (
     apply_each,
     coefficients_to_tensor,
@@ -20,6 +28,14 @@ from ._hermite import (
     symmetrize,
     tensor_to_coefficients,
 )
+
+_MAX_GRID_POINTS = 2**24
+"""The most points of `Link.from_function`'s quadrature grid (`num_nodes^dim`)."""
+
+
+def _check_mapping(name: str, value: object, keys: str) -> None:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"`{name}` must be a dict {{{keys}}}, got {type(value).__name__}")
 
 
 def _check_degree(degree: object) -> None:
@@ -54,15 +70,18 @@ class Link(eqx.Module):
 
     def __init__(self, tensors: Mapping[int, Float[ArrayLike, "..."]], dim: int, residual: float = 0.0):
         """Low-level constructor (no symmetrisation, works on traced tensors); prefer
-        `Link.from_tensors`. Checks the degrees and that each `T_j` ends in `(dim,)*j`."""
+        `Link.from_tensors`. Checks the degrees, that each `T_j` ends in `(dim,)*j` and,
+        where they are concrete (not traced), that the tensors and `residual` are finite
+        real numbers."""
         dim = check_int("dim", dim, 1)
-        if not isinstance(tensors, Mapping):
-            raise ValueError(f"`tensors` must be a dict {{degree: tensor}}, got {type(tensors).__name__}")
+        _check_mapping("tensors", tensors, "degree: tensor")
         for j, t in tensors.items():
             _check_degree(j)
             shape = np.shape(t)
             if len(shape) < j or shape[len(shape) - j :] != (dim,) * j:
                 raise ValueError(f"`tensors[{j}]` must end in shape {(dim,) * j} (dim = {dim}), got shape {shape}")
+            check_finite(f"tensors[{j}]", t)
+        check_finite("residual", residual)
         self.tensors = {int(j): jnp.asarray(t) for j, t in sorted(tensors.items())}
         self.residual = jnp.asarray(residual)
         self.dim = dim
@@ -79,17 +98,20 @@ class Link(eqx.Module):
         scalar. All non-scalar tensors must share the dimension `k`; `dim` gives
         `k` when there are none (a constant link).
         """
+        _check_mapping("tensors", tensors, "degree: tensor")
         if not tensors:
             raise ValueError("`tensors` must hold at least one degree, got {}")
+        for degree in tensors:
+            _check_degree(degree)
         dims = {np.shape(t)[0] for t in tensors.values() if np.ndim(t) > 0} | ({dim} if dim is not None else set())
         if len(dims) != 1 or not all(isinstance(k, Integral) and k >= 1 for k in dims):
             raise ValueError(
                 f"`tensors` must share one dimension k ≥ 1 (`dim` if constant), got dimensions {sorted(dims, key=str)}"
             )
         (dim,) = dims
+        check_link_size(dim, max(tensors), "`tensors`")
         checked = {}
         for degree, tensor in tensors.items():
-            _check_degree(degree)
             check_shape(f"tensors[{degree}]", tensor, (dim,) * int(degree))
             check_finite(f"tensors[{degree}]", tensor)
             checked[int(degree)] = symmetrize(jnp.asarray(tensor, dtype=float), dim)
@@ -102,6 +124,7 @@ class Link(eqx.Module):
 
         **Example:** `Link.from_hermite({(1, 0): 1.0, (0, 3): 1.0})` is `h1(z1) + h3(z2)`.
         """
+        _check_mapping("coefficients", coefficients, "multi-index: coefficient")
         if not coefficients:
             raise ValueError("`coefficients` must hold at least one multi-index, got {}")
         dims = {len(alpha) if isinstance(alpha, tuple) else -1 for alpha in coefficients}
@@ -118,6 +141,7 @@ class Link(eqx.Module):
                 raise ValueError(f"multi-index {alpha!r} in `coefficients` has degree > {MAX_DEGREE}")
             check_finite(f"coefficients[{alpha}]", value)
             by_degree.setdefault(sum(alpha), {})[tuple(int(a) for a in alpha)] = value
+        check_link_size(dim, max(by_degree), "`coefficients`")
         tensors = {}
         for degree, entries in by_degree.items():
             rows = {tuple(a): i for i, a in enumerate(multi_indices(dim, degree))}
@@ -145,7 +169,8 @@ class Link(eqx.Module):
           `≤ 2·num_nodes − 1 − D`; at most 300 (the limit of `hermegauss` in
           float64). Default: as many as keep the grid near 10⁶ points (300 for
           k ≤ 2, 101 for k = 3, 32 for k = 4), at least `D + 1`. For non-smooth
-          functions the error decays slowly (about `1/num_nodes` for a kink).
+          functions the error decays slowly (about `1/num_nodes` for a kink). The grid
+          has at most `2^24` points, and the link at most `2^20` entries per tensor.
         """
         if not callable(fn):
             raise ValueError(f"`fn` must be callable, got {fn!r}")
@@ -156,6 +181,12 @@ class Link(eqx.Module):
         num_nodes = check_int("num_nodes", num_nodes, 1, 300)
         if num_nodes < degree + 1:
             raise ValueError(f"`num_nodes` must be at least degree + 1 = {degree + 1}, got {num_nodes}")
+        check_link_size(dim, degree, f"`dim` = {dim}, `degree` = {degree}")
+        if num_nodes**dim > _MAX_GRID_POINTS:
+            raise ValueError(
+                f"`num_nodes` = {num_nodes} per axis in `dim` = {dim} dimensions is a grid of "
+                f"{num_nodes}^{dim} points, more than 2^24: lower `dim` or `num_nodes`"
+            )
         points, weights = (jnp.asarray(a) for a in gauss_hermite_grid(dim, num_nodes))
         shape = getattr(jax.eval_shape(fn, points[0]), "shape", None)
         if shape is None or np.prod(shape) != 1:
@@ -210,6 +241,7 @@ class Link(eqx.Module):
         if matrix.ndim != 2 or matrix.shape[1] != self.dim or matrix.shape[0] < self.dim:
             raise ValueError(f"`matrix` must have shape (m, {self.dim}) with m ≥ {self.dim}, got shape {matrix.shape}")
         check_orthonormal("matrix", matrix)
+        check_link_size(matrix.shape[0], self.degree, f"`matrix` of shape {matrix.shape}")
         tensors = {j: apply_each(matrix, t) for j, t in self.tensors.items()}
         return Link(tensors, matrix.shape[0], self.residual)
 

@@ -47,4 +47,4 @@ def principal_cosines(overlap: Float[Array, "*batch k r"]) -> Float[Array, "*bat
     if np.ndim(overlap) < 2:
         raise ValueError(f"`overlap` must have shape (..., k, r), got shape {np.shape(overlap)}")
     check_finite("overlap", overlap)
-    return jnp.linalg.svd(overlap, compute_uv=False)
+    return jnp.linalg.svd(jnp.asarray(overlap), compute_uv=False)

@@ -104,13 +104,23 @@ def _axis_first(array: xr.DataArray, dims: tuple[str, ...]) -> np.ndarray:
     return array.transpose(*dims, ...).values
 
 
+_VARIABLES = ("loss", "singular_values", "escape_time", "status")
+_ATTRIBUTES = ("config", "problem", "target", "k", "r")
+
+
 def check_results(results: object) -> None:
-    """Raise a `ValueError` unless `results` is the dataset of a run (it carries its config)."""
+    """Raise a `ValueError` unless `results` is the dataset of a run: it carries its
+    config and the variables and attributes a summary and the figures read."""
     if not isinstance(results, xr.Dataset) or "config" not in results.attrs:
         raise ValueError(
             f"`results` must be the dataset of a run (run_config, load_results), got {type(results).__name__}"
             + (" without a config" if isinstance(results, xr.Dataset) else "")
         )
+    missing = [name for name in _VARIABLES if name not in results.data_vars]
+    missing += [f"attribute {name!r}" for name in _ATTRIBUTES if name not in results.attrs]
+    missing += ["coordinate 'time'"] if "time" not in results.coords else []
+    if missing:
+        raise ValueError(f"`results` lacks what the dataset of a run holds: {', '.join(missing)}")
 
 
 def summarize(results: xr.Dataset) -> dict:

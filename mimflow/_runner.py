@@ -15,6 +15,7 @@ import json
 import math
 import os
 import shutil
+import struct
 import sys
 import tempfile
 from collections.abc import Callable
@@ -72,13 +73,20 @@ def _load_chunk(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_results(directory: str | Path) -> xr.Dataset:
-    """The dataset of a finished run (`DIR/results.nc`), loaded into memory."""
+    """The dataset of a finished run (`DIR/results.nc`), loaded into memory; a
+    `ConfigError` naming the file if it cannot be read (corrupt, truncated, not netCDF3)."""
     if not isinstance(directory, str | Path):
         raise ConfigError(f"`directory` must be a directory name, got {type(directory).__name__}")
     path = Path(directory) / RESULTS
     if not path.exists():
         raise ConfigError(f"{directory}: no {RESULTS} (run `mimflow run CONFIG --out {directory}` first)")
-    return xr.load_dataset(path, engine=_ENGINE)
+    try:
+        return xr.load_dataset(path, engine=_ENGINE)
+    except (TypeError, ValueError, OSError, EOFError, IndexError, KeyError, struct.error) as error:
+        reason = " ".join(str(error).split())
+        raise ConfigError(
+            f"{path}: not a readable {RESULTS} of a run (a netCDF3 file written by `mimflow run`): {reason:.200}"
+        ) from None
 
 
 def _difference(old: Any, new: Any, path: str = "") -> str | None:

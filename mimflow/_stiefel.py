@@ -1,29 +1,35 @@
 """The subspace `W ∈ St(d, r)`: Haar sampling, tangent projections, retractions,
 principal angles (DESIGN §4)."""
 
+from numbers import Integral
 from typing import Literal
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_finite, check_key, check_orthonormal
+from ._checks import check_finite, check_key, check_orthonormal, is_concrete
 
 Metric = Literal["grassmann", "stiefel"]
 Retraction = Literal["qr", "polar", "cayley"]
 
 
-def _check_dims(d: int, r: int) -> None:
-    if not isinstance(d, int) or not isinstance(r, int) or r < 1 or d < r:
+def _check_dims(d: int, r: int) -> tuple[int, int]:
+    """`(d, r)` as Python integers; a `ValueError` unless they are integers (Python or
+    NumPy, not bools) with `1 ≤ r ≤ d`."""
+    integers = all(isinstance(n, Integral) and not isinstance(n, bool) for n in (d, r))
+    if not integers or r < 1 or d < r:
         raise ValueError(f"need integers 1 ≤ r ≤ d, got d={d!r}, r={r!r}")
+    return int(d), int(r)
 
 
 def haar_stiefel(key: PRNGKeyArray, d: int, r: int) -> Float[Array, "d r"]:
     """A Haar-distributed `W ∈ St(d, r)`: the Q factor of a Gaussian `d × r` matrix,
     with the signs fixed so that `R` has a positive diagonal."""
     check_key("key", key)
-    _check_dims(d, r)
+    d, r = _check_dims(d, r)
     return _qr_positive(jax.random.normal(key, (d, r)))
 
 
@@ -64,7 +70,8 @@ def retract(W: Float[Array, "d r"], step: Float[Array, "d r"], method: Retractio
     exponential map to second order for horizontal steps.
 
     - `"qr"`: the Q factor of `W + V` with positive `diag(R)`;
-    - `"polar"`: `(W + V)((W + V)ᵀ(W + V))^{−1/2}`;
+    - `"polar"`: `(W + V)((W + V)ᵀ(W + V))^{−1/2}`, which needs `W + V` of full column
+      rank (true for every tangent step; a concrete `W + V` that is not raises);
     - `"cayley"`: `(I − A/2)^{−1}(I + A/2) W` with `A = P V Wᵀ − W Vᵀ P`, `P = I − ½WWᵀ`
       (skew, `A W = V` for Stiefel tangents; Wen & Yin), computed in `O(d r²)` with
       the Woodbury identity (`A = U Zᵀ`, `U = [PV, W]`, `Z = [W, −PV]`).
@@ -75,6 +82,11 @@ def retract(W: Float[Array, "d r"], step: Float[Array, "d r"], method: Retractio
     if method == "polar":
         moved = W + step
         values, vectors = jnp.linalg.eigh(moved.T @ moved)
+        if is_concrete(values) and not np.min(values) > 0:
+            raise ValueError(
+                f"`step` must leave `W + step` of full column rank for the polar retraction (a tangent step "
+                f"does), got (W + step)ᵀ(W + step) with eigenvalues {np.array2string(np.asarray(values), precision=3)}"
+            )
         return moved @ (vectors * values**-0.5) @ vectors.T
     if method == "cayley":
         tangent = step - 0.5 * W @ (W.T @ step)  # P_W V with P_W = I − ½WWᵀ, so that A W = V
@@ -142,4 +154,4 @@ class Stiefel(eqx.Module):
 
     def principal_angles(self, other: "Stiefel | Float[Array, 'd s']") -> Float[Array, " p"]:
         """Principal angles to another subspace (a `Stiefel` or an orthonormal matrix)."""
-        return principal_angles(self.W, other.W if isinstance(other, Stiefel) else jnp.asarray(other))
+        return principal_angles(self.W, other.W if isinstance(other, Stiefel) else other)

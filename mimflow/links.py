@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import MAX_DEGREE, check_finite, check_int
+from ._checks import MAX_DEGREE, check_finite, check_int, check_link_size
 from ._link import Link
 
 __all__ = ["embed", "harmonic", "hermite", "relu", "sign", "stack", "staircase", "tanh"]
@@ -34,6 +34,7 @@ def embed(link: Link, dim: int, axes: tuple[int, ...] | int) -> Link:
     valid = all(isinstance(a, Integral) and not isinstance(a, bool) and 0 <= a < dim for a in axes)
     if len(axes) != link.dim or len(set(axes)) != len(axes) or not valid:
         raise ValueError(f"`axes` must be {link.dim} distinct indices in [0, {dim}), got {axes}")
+    check_link_size(dim, link.degree, f"`link` of degree {link.degree} on `dim` = {dim}")
     return link.transform(np.eye(dim)[:, list(axes)])
 
 
@@ -42,6 +43,7 @@ def _place(link: Link, dim: int, index: int) -> Link:
     dim = check_int("dim", dim, 1)
     if isinstance(index, bool) or not isinstance(index, Integral) or not 0 <= index < dim:
         raise ValueError(f"`index` must be an integer in [0, dim) = [0, {dim}), got {index!r}")
+    check_link_size(dim, link.degree, f"`degree` = {link.degree}, `dim` = {dim}")
     return link if dim == 1 else embed(link, dim, index)
 
 
@@ -98,6 +100,7 @@ def staircase(k: int) -> Link:
     before it.
     """
     k = check_int("k", k, 1)
+    check_link_size(k, k, f"`k` = {k}")
     return Link.from_hermite({(1,) * i + (0,) * (k - i): 1.0 for i in range(1, k + 1)})
 
 
@@ -109,6 +112,7 @@ def harmonic(degree: int, phase: float = 0.0) -> Link:
     Sums of harmonics of degrees 3 and 4 give the planted problem's spurious minima.
     """
     degree = check_int("degree", degree, 1, MAX_DEGREE)
+    check_link_size(2, degree, f"`degree` = {degree}")
     check_finite("phase", phase)
     vector = np.array([1.0, 1.0j])
     tensor = np.array(np.exp(-1j * phase))

@@ -32,6 +32,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Sequence
+from numbers import Real
 from typing import Literal
 
 import jax.numpy as jnp
@@ -49,10 +50,11 @@ __all__ = ["Saddle", "Prediction", "predict", "ScalingFit", "fit_scaling", "Comp
 
 
 def _dimensions(d: Float[ArrayLike, "*batch"]) -> np.ndarray:
-    """`d` as a float array; a `ValueError` unless it holds finite numbers `> 0`."""
+    """`d` as a float array; a `ValueError` unless it holds finite dimensions `≥ 1` (a
+    `log d` law would give negative times below 1)."""
     d = as_numbers("d", d)
-    if not np.all(np.isfinite(d) & (d > 0)):
-        raise ValueError(f"`d` must hold finite dimensions > 0, got {d!r:.100}")
+    if not np.all(np.isfinite(d) & (d >= 1)):
+        raise ValueError(f"`d` must hold finite dimensions ≥ 1, got {d!r:.100}")
     return d
 
 
@@ -91,7 +93,7 @@ class Saddle:
         return self.directions.shape[1]
 
     def time(self, d: Float[ArrayLike, "*batch"]) -> np.ndarray:
-        """The predicted time spent on this saddle at dimension `d > 0`: `constant · law(d)`."""
+        """The predicted time spent on this saddle at dimension `d ≥ 1`: `constant · law(d)`."""
         d = _dimensions(d)
         if self.logarithmic:
             return self.constant * np.log(d)
@@ -131,7 +133,7 @@ class Prediction:
         return np.concatenate([s.directions for s in self.saddles] + [np.zeros((self.k, 0))], axis=1)
 
     def times(self, d: Float[ArrayLike, "*batch"]) -> np.ndarray:
-        """Predicted time on each saddle at dimension `d > 0`, shape `(*batch, len(saddles))`."""
+        """Predicted time on each saddle at dimension `d ≥ 1`, shape `(*batch, len(saddles))`."""
         d = _dimensions(d)
         return np.stack([s.time(d) for s in self.saddles], axis=-1) if self.saddles else np.zeros(np.shape(d) + (0,))
 
@@ -253,12 +255,10 @@ def predict(
         raise ValueError(f"`problem` must be a TwoTimescale or Planted problem, got {type(prob).__name__}")
     name = "planted" if isinstance(prob, Planted) else "two-timescale"
     k = prob.link.dim
-    r = k if r is None else r
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ValueError(f"`r` must be an integer ≥ 1, got {r!r}")
+    r = k if r is None else check_int("r", r, 1)
     if name == "planted" and r != k:
         raise ValueError(f"the planted problem needs r = k = {k}, got r = {r}")
-    if not (isinstance(tol, float | int) and 0 < tol < 1):
+    if isinstance(tol, bool) or not (isinstance(tol, Real) and 0 < tol < 1):
         raise ValueError(f"`tol` must lie in (0, 1), got {tol!r}")
     tensors = {j: np.asarray(t, dtype=np.float64) for j, t in prob.link.tensors.items()}
     if not all(np.all(np.isfinite(t)) for t in tensors.values()):
@@ -410,8 +410,7 @@ def fit_scaling(
         raise ValueError(f"`times` must have shape (len(dims), seeds) = ({dims.size}, S), got shape {times.shape}")
     if np.any(times < 0):
         raise ValueError(f"`times` must be ≥ 0, got min {np.nanmin(times)}")
-    if not isinstance(num_bootstrap, int) or num_bootstrap < 1:
-        raise ValueError(f"`num_bootstrap` must be an integer ≥ 1, got {num_bootstrap!r}")
+    num_bootstrap = check_int("num_bootstrap", num_bootstrap, 1)
     check_finite("level", level)
     if not 0 < level < 1:
         raise ValueError(f"`level` must lie in (0, 1), got {level}")
@@ -496,7 +495,8 @@ def saddle_durations(prediction: Prediction, escape_times: Float[ArrayLike, "*ba
     """The time spent on each predicted saddle, shape `(*batch, len(saddles))`, from
     per-direction escape times (`mimflow.escape_times`, last axis: singular values in
     decreasing order). Saddle `i` lasts from the escape of saddle `i − 1`'s last
-    direction to the escape of its own last direction; `inf` if it never ends."""
+    direction to the escape of its own last direction; `inf` if it never ends. Escape
+    times are `≥ 0`, `inf` (never escaped) or `nan` (a failed run)."""
     if not isinstance(prediction, Prediction):
         raise ValueError(f"`prediction` must be a theory.Prediction (from predict), got {type(prediction).__name__}")
     times = as_numbers("escape_times", escape_times)
@@ -507,6 +507,8 @@ def saddle_durations(prediction: Prediction, escape_times: Float[ArrayLike, "*ba
             f"`escape_times` must have at least {needed} directions on its last axis for "
             f"this prediction, got shape {times.shape}"
         )
+    if np.any(times < 0):
+        raise ValueError(f"`escape_times` must be ≥ 0 (inf: never escaped, nan: failed), got min {np.nanmin(times)}")
     finish = times[..., ends - 1] if ends.size else times[..., :0]
     start = np.concatenate([np.zeros_like(finish[..., :1]), finish[..., :-1]], axis=-1)
     with _quiet():

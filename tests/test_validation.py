@@ -9,6 +9,7 @@ contain)`. The ingredients are tiny and every check fires before anything is
 integrated, so the file compiles no solver.
 """
 
+import itertools
 import math
 from pathlib import Path
 
@@ -34,6 +35,7 @@ FLOW = mf.TwoTimescaleFlow(TARGET)
 PLANTED = mf.PlantedFlow(TARGET)
 M = jnp.array([[0.1]])
 Z, Y = jnp.ones((4, 1)), jnp.ones(4)
+Z2 = jax.random.normal(KEY, (4, 2))  # r = 2
 REDUCED = mf.ReducedExperiment(H2, KEY, 1.0, d=10.0)
 TRAJECTORY = mf.Trajectory(
     ts=jnp.array([0.0, 1e-2, 1.0]),
@@ -44,6 +46,17 @@ TRAJECTORY = mf.Trajectory(
     num_steps=jnp.array(2),
 )
 PREDICTION = theory.predict(ST2)
+# what a summary and the figures read of a run's results, without running one
+RESULTS = xr.Dataset(
+    {
+        "loss": ("time", [1.0, 0.5]),
+        "singular_values": (("time", "direction"), [[0.1], [0.9]]),
+        "escape_time": ("direction", [0.5]),
+        "status": ((), 0),
+    },
+    coords={"time": [0.0, 1.0]},
+    attrs={"config": "name: x", "problem": "two-timescale", "target": "hermite(degree=2)", "k": 1, "r": 1},
+)
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
 DIMS = [10.0, 100.0]
 
@@ -106,6 +119,22 @@ LINKS = [
     ("link-scale-inf", lambda: H2 * INF, ["`scale`", "inf"]),
     ("link-add-dims", lambda: H2 + ST2, ["dimensions 1 and 2"]),
     ("link-with-degrees", lambda: H2.with_degrees([-2]), ["`degrees`", "-2"]),
+    # the low-level constructor checks concrete tensors: finite and real (nan losses before)
+    ("link-init-nan", lambda: mf.Link({1: jnp.array([NAN])}, 1), ["`tensors[1]`", "nan"]),
+    ("link-init-complex", lambda: mf.Link({1: jnp.array([1j])}, 1), ["`tensors[1]`", "real", "complex"]),
+    ("link-init-residual-inf", lambda: mf.Link({1: jnp.ones(1)}, 1, INF), ["`residual`", "inf"]),
+    ("from-hermite-list", lambda: mf.Link.from_hermite([((1,), 1.0)]), ["`coefficients`", "dict", "list"]),
+    ("from-tensors-list", lambda: mf.Link.from_tensors([1.0]), ["`tensors`", "dict", "list"]),
+    # links too large to build (aborted the process, ran out of memory or hung before)
+    ("hermite-too-large", lambda: links.hermite(40, dim=3), ["`degree` = 40", "`dim` = 3", "3^40", "2^20"]),
+    ("harmonic-too-large", lambda: links.harmonic(40), ["`degree` = 40", "2^40"]),
+    ("staircase-too-large", lambda: links.staircase(10), ["`k` = 10", "10^10"]),
+    ("embed-too-large", lambda: links.embed(links.hermite(30), 3, 1), ["`link`", "`dim` = 3", "3^30"]),
+    ("link-transform-too-large", lambda: links.hermite(30).transform(np.eye(3)[:, :1]), ["`matrix`", "3^30"]),
+    ("from-hermite-too-large", lambda: mf.Link.from_hermite({(1,) * 10: 1.0}), ["`coefficients`", "10^10"]),
+    ("from-tensors-too-large", lambda: mf.Link.from_tensors({1: np.ones(2000)}), ["`tensors`", "2000 × 2000"]),
+    ("from-function-too-large", lambda: mf.Link.from_function(jnp.sum, 3, 40, 41), ["`dim` = 3", "3^40"]),
+    ("from-function-grid", lambda: mf.Link.from_function(lambda z: z[0], 30, 1), ["`num_nodes`", "2^30"]),
 ]
 
 STIEFEL = [
@@ -129,6 +158,10 @@ STIEFEL = [
     ("angles-orthonormal", lambda: mf.principal_angles(W, jnp.ones((D, 1))), ["`U`", "orthonormal"]),
     ("angles-nan", lambda: mf.principal_angles(W * NAN, W), ["`W`", "nan"]),
     ("stiefel-method-angles", lambda: mf.Stiefel(W).principal_angles(jnp.ones((D, 1))), ["`U`", "orthonormal"]),
+    ("stiefel-method-angles-string", lambda: mf.Stiefel(W).principal_angles("x"), ["`U`", "'x'"]),
+    ("haar-r-bool", lambda: mf.haar_stiefel(KEY, 3, True), ["r=True"]),
+    ("stiefel-haar-d-float", lambda: mf.Stiefel.haar(KEY, np.float64(3.0), 1), ["d=np.float64(3.0)"]),
+    ("retract-polar-singular", lambda: mf.retract(W, -W, "polar"), ["`step`", "full column rank"]),
     ("sample-overlap-d-small", lambda: mf.sample_overlap(KEY, 1.0, 1, 1), ["`d`", "[2, inf]", "1."]),
     ("sample-overlap-d-nan", lambda: mf.sample_overlap(KEY, NAN, 1, 1), ["`d`", "nan"]),
     ("sample-overlap-d-inf", lambda: mf.sample_overlap(KEY, INF, 1, 1), ["`d`", "inf"]),
@@ -173,6 +206,16 @@ FITS = [
     ("hermite-features-degree", lambda: mf.HermiteFeatures(-1), ["`degree`", "-1"]),
     ("hermite-features-rho", lambda: mf.HermiteFeatures(2, rho=2.0), ["`rho`", "2."]),
     ("hermite-features-ridge", lambda: mf.HermiteFeatures(2, ridge=-1.0), ["`ridge`", "-1"]),
+    ("hermite-features-degree-bool", lambda: mf.HermiteFeatures(True), ["`degree`", "True"]),
+    # fitted links on points of the wrong dimension r (a TypeError, or silently numbers, before)
+    ("kernel-model-shape", lambda: mf.KernelRidge(mf.RBF()).fit(Z2, Y)(jnp.ones((3, 5))), ["`z`", "r=2", "(3, 5)"]),
+    ("feature-model-shape", lambda: mf.HermiteFeatures(2).fit(Z2, Y)(jnp.ones((3, 5))), ["`z`", "r=2", "(3, 5)"]),
+    (
+        "feature-model-value-and-grad-shape",
+        lambda: mf.RandomFeatures(4, KEY).fit(Z2, Y).value_and_grad(jnp.ones((3, 1))),
+        ["`z`", "r=2", "(3, 1)"],
+    ),
+    ("kernel-model-nan", lambda: mf.KernelRidge(mf.RBF()).fit(Z2, Y)(Z2 * NAN), ["`z`", "nan"]),
 ]
 
 FLOWS = [
@@ -185,11 +228,24 @@ FLOWS = [
     ("target-noise-nan", lambda: mf.Target(H2, W, NAN), ["`noise`", "nan"]),
     ("target-sample-n", lambda: TARGET.sample(KEY, 0), ["`n`", "0"]),
     ("target-sample-key", lambda: TARGET.sample(3, 4), ["`key`", "3"]),
+    ("target-sample-n-bool", lambda: TARGET.sample(KEY, True), ["`n`", "True"]),
+    ("target-overlap-shape", lambda: TARGET.overlap(jnp.ones((4, 1))), ["`W`", "d=6", "(4, 1)"]),
+    ("dataset-empty", lambda: mf.Dataset(np.zeros((0, D)), np.zeros(0)), ["`X`", "n ≥ 1", "(0, 6)"]),
     ("dataset-shapes", lambda: mf.Dataset(np.ones((4, 3)), np.ones(3)), ["X", "y", "(4, 3)", "(3,)"]),
     ("dataset-nan", lambda: mf.Dataset(np.full((4, 3), NAN), np.ones(4)), ["`X`", "nan"]),
     ("dataset-y-inf", lambda: mf.Dataset(np.ones((4, 3)), np.full(4, INF)), ["`y`", "inf"]),
     ("online-count", lambda: mf.Online(0, KEY), ["`num_samples`", "0"]),
     ("online-key", lambda: mf.Online(4, 3), ["`key`", "3"]),
+    ("online-count-float", lambda: mf.Online(4.0, KEY), ["`num_samples`", "4.0"]),
+    # a flow's field, gradient and losses at a point of the wrong shape (TypeError dot_general before)
+    ("flow-gradient-shape", lambda: FLOW.gradient(jnp.ones((4, 1))), ["`W`", "d=6", "(4, 1)"]),
+    ("flow-gradient-nan", lambda: FLOW.gradient(W * NAN), ["`W`", "nan"]),
+    ("flow-loss-shape", lambda: FLOW.loss(jnp.ones(D)), ["`W`", "(6,)"]),
+    ("flow-vector-field-string", lambda: FLOW.vector_field(0.0, "W"), ["`W`", "shape ()"]),
+    ("flow-train-loss-shape", lambda: FLOW.train_loss(jnp.ones((D, D + 1))), ["`W`", "(6, 7)"]),
+    ("flow-test-loss-test", lambda: FLOW.test_loss(W, "test"), ["`test`", "str"]),
+    ("planted-gradient-r", lambda: PLANTED.gradient(W2), ["`W`", "r = k = 1", "(6, 2)"]),
+    ("planted-loss-shape", lambda: PLANTED.loss([[1.0]]), ["`W`", "(1, 1)"]),
     ("two-timescale-target", lambda: mf.TwoTimescaleFlow("target"), ["`target`", "str"]),
     ("two-timescale-fit", lambda: mf.TwoTimescaleFlow(TARGET, "hermite"), ["`fit`", "str"]),
     ("two-timescale-data", lambda: mf.TwoTimescaleFlow(TARGET, None, "population"), ["`data`", "str"]),
@@ -374,6 +430,12 @@ CONFIGS = [
     ("summarize-type", lambda: mf.summarize("results"), ["`results`", "str"]),
     ("summarize-no-config", lambda: mf.summarize(xr.Dataset()), ["`results`", "without a config"]),
     ("figures-type", lambda: mf.figures(None, {}), ["`results`", "NoneType"]),
+    (
+        "summarize-missing-variable",
+        lambda: mf.summarize(RESULTS.drop_vars("escape_time")),
+        ["`results`", "escape_time"],
+    ),
+    ("figures-missing-variable", lambda: mf.figures(RESULTS.drop_vars("loss"), {}), ["`results`", "loss"]),
 ]
 
 THEORY = [
@@ -400,6 +462,7 @@ THEORY = [
     ),
     ("compare-prediction", lambda: theory.compare("p", DIMS, np.ones((2, 1, 2))), ["`prediction`", "str"]),
     ("saddle-durations-shape", lambda: theory.saddle_durations(PREDICTION, [1.0]), ["`escape_times`", "(1,)"]),
+    ("saddle-durations-negative", lambda: theory.saddle_durations(PREDICTION, [-1.0, 2.0]), ["`escape_times`", "-1"]),
     ("hermite-1d-degree", lambda: mf.hermite_1d(-1, 0.5), ["`degree`", "-1"]),
     ("hermite-1d-degree-float", lambda: mf.hermite_1d(2.5, 0.5), ["`degree`", "2.5"]),
     ("hermite-1d-x-string", lambda: mf.hermite_1d(2, "x"), ["`x`", "'x'"]),
@@ -409,6 +472,11 @@ THEORY = [
     ("multi-indices-list", lambda: mf.multi_indices([2], 2), ["`dim`", "[2]"]),
     ("prediction-times-string", lambda: PREDICTION.times("a"), ["`d`", "'a'"]),
     ("prediction-times-negative", lambda: PREDICTION.times([10.0, -1.0]), ["`d`", "-1"]),
+    # a log d law below d = 1 gave a negative time
+    ("prediction-times-below-one", lambda: PREDICTION.times([0.5]), ["`d`", "≥ 1", "0.5"]),
+    ("predict-r-float", lambda: theory.predict(H2, r=1.0), ["`r`", "1.0"]),
+    ("fit-scaling-bootstrap-float", lambda: theory.fit_scaling(DIMS, [[1.0], [2.0]], num_bootstrap=10.0), ["10.0"]),
+    ("multi-indices-too-large", lambda: mf.multi_indices(1000, 10), ["`dim` = 1000", "`degree` = 10", "2^20"]),
     ("saddle-time-nan", lambda: PREDICTION.saddles[0].time(NAN), ["`d`", "nan"]),
 ]
 
@@ -427,3 +495,115 @@ def test_malformed_input_raises_value_error_naming_it(make, words):
     message = str(info.value)
     for word in words:
         assert word in message, f"{word!r} not in the message {message!r}"
+
+
+# --- inputs that must be accepted ----------------------------------------------------
+
+
+def test_mehler_rho_may_be_traced():
+    """A traced `rho` (jit, vmap over kernel widths) fits as an eager one does; concrete
+    values are still checked (`mehler-rho-one` above)."""
+    y = jnp.sin(Z2[:, 0])
+    fit = lambda rho: mf.KernelRidge(mf.Mehler(rho)).fit(Z2, y).coefficients  # noqa: E731
+    np.testing.assert_allclose(jax.jit(fit)(0.5), fit(0.5), rtol=1e-12)
+    batched = jax.vmap(fit)(jnp.array([0.3, 0.5]))
+    np.testing.assert_allclose(batched, np.stack([fit(0.3), fit(0.5)]), rtol=1e-12)
+
+
+def test_numpy_integers_are_integers():
+    """Sizes and counts that are NumPy integers (from `np.arange`, an array's `.shape` of a
+    NumPy array, a config) work as Python ones, and what is static stays a Python `int`."""
+    i64 = np.int64
+    assert TARGET.sample(KEY, i64(4)).X.shape == (4, D)
+    np.testing.assert_array_equal(mf.haar_stiefel(KEY, i64(D), np.int32(1)), W)
+    np.testing.assert_array_equal(mf.Stiefel.haar(KEY, i64(D), i64(1)).W, W)
+    online = mf.Online(i64(3), KEY)
+    assert online.num_samples == 3 and type(online.num_samples) is int
+    features = mf.HermiteFeatures(i64(2))
+    assert features.degree == 2 and type(features.degree) is int
+    assert mf.RandomFeatures(i64(4), KEY).num_features == 4
+    prediction = theory.predict(H2, r=i64(1))
+    assert prediction.r == 1 and type(prediction.r) is int
+    times = [[1.0, 2.0, 4.0], [3.0, 5.0, 9.0]]
+    fit, expected = (theory.fit_scaling(DIMS, times, num_bootstrap=n) for n in (i64(10), 10))
+    assert (fit.slope, fit.interval) == (expected.slope, expected.interval)
+
+
+def test_lists_are_arrays_at_the_public_boundary():
+    """Nested lists are taken as the arrays they spell (a TypeError from JAX before)."""
+    listed = np.asarray(W).tolist()
+    np.testing.assert_allclose(mf.principal_cosines([[0.5]]), [0.5])
+    np.testing.assert_array_equal(TARGET.overlap(listed), TARGET.overlap(W))
+    np.testing.assert_array_equal(FLOW.gradient(listed), FLOW.gradient(W))
+    np.testing.assert_array_equal(FLOW.vector_field(0.0, listed), FLOW.vector_field(0.0, W))
+    assert FLOW.loss(listed) == FLOW.loss(W)
+    np.testing.assert_array_equal(mf.Stiefel(W).principal_angles(listed), mf.Stiefel(W).principal_angles(W))
+    fitted = mf.HermiteFeatures(2).fit(Z2, Y)
+    np.testing.assert_array_equal(fitted(np.asarray(Z2).tolist()), fitted(Z2))
+
+
+def test_point_checks_hold_under_jit_vmap_and_grad():
+    """The shape checks of a flow's methods and of fitted links read static shapes only:
+    they run inside `jit`, `vmap` and `grad` (where values are not checked)."""
+    np.testing.assert_allclose(jax.jit(lambda w: FLOW.gradient(w))(W), FLOW.gradient(W), rtol=1e-12)
+    starts = jnp.stack([W, mf.haar_stiefel(jax.random.key(1), D, 1)])
+    assert jax.vmap(lambda w: PLANTED.vector_field(0.0, w))(starts).shape == (2, D, 1)
+    assert jnp.all(jnp.isfinite(jax.grad(FLOW.loss)(W)))
+    fitted = mf.KernelRidge(mf.RBF()).fit(Z2, Y)
+    np.testing.assert_allclose(jax.jit(lambda z: fitted(z))(Z2), fitted(Z2), rtol=1e-12)
+
+
+def test_link_checks_skip_traced_tensors():
+    """`Link.__init__` checks concrete tensors only: links built inside `jit` and `grad`
+    (a traced scale, traced tensors) and stacked links still work."""
+    assert jax.grad(lambda c: mf.reduced_loss(H2 * c, M))(2.0) == pytest.approx(2 * 0.9999, rel=1e-12)
+    norm2 = jax.jit(lambda t: mf.Link({1: t}, 1).norm2())(jnp.array([3.0]))
+    assert norm2 == pytest.approx(9.0)
+    stacked = links.stack([H2, links.hermite(1), H2 * 0.5])
+    np.testing.assert_allclose(jax.vmap(lambda f: f.norm2())(stacked), [1.0, 1.0, 0.25])
+
+
+def _multi_indices_by_enumeration(dim, degree):
+    """The test oracle: every tuple of `{degree, …, 0}^dim` in lexicographically decreasing
+    order, kept if it sums to `degree` (the implementation before it was combinatorial)."""
+    rows = [a for a in itertools.product(range(degree, -1, -1), repeat=dim) if sum(a) == degree]
+    return np.array(rows, dtype=np.int32).reshape(len(rows), dim)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 3, 4, 5])
+def test_multi_indices_order_and_tensor_map_match_enumeration(dim):
+    from mimflow._hermite import _tuple_map
+
+    for degree in range(7):
+        expected = _multi_indices_by_enumeration(dim, degree)
+        got = mf.multi_indices(dim, degree)
+        assert got.dtype == np.int32 and got.shape == (math.comb(degree + dim - 1, degree), dim)
+        np.testing.assert_array_equal(got, expected)
+        if degree <= 5:  # each index tuple of the tensor maps to the row of the multi-index it counts
+            rows, _ = _tuple_map(dim, degree)
+            counts = [np.bincount(np.array(t, dtype=int), minlength=dim) for t in np.ndindex(*(dim,) * degree)]
+            np.testing.assert_array_equal(expected[rows], np.array(counts).reshape(-1, dim))
+
+
+def test_multi_indices_are_listed_not_searched():
+    """`multi_indices(12, 6)`: 12 376 rows, listed directly (enumerating 7^12 tuples hung)."""
+    table = mf.multi_indices(12, 6)
+    assert table.shape == (12376, 12) and np.all(table.sum(axis=1) == 6)
+    assert len({tuple(row) for row in table}) == len(table)
+
+
+def test_unreadable_results_file_is_a_value_error(tmp_path, capsys):
+    """A corrupt or NetCDF4 (HDF5) `results.nc`: a `ValueError` naming the file, and
+    `mimflow plot` exits with code 2 and one line, as for other user errors (a TypeError
+    from xarray and a traceback before)."""
+    from mimflow._cli import main
+
+    for name, content in [("corrupt", b"not a netcdf file"), ("hdf5", b"\x89HDF\r\n\x1a\n" + bytes(600))]:
+        directory = tmp_path / name
+        directory.mkdir()
+        (directory / "results.nc").write_bytes(content)
+        with pytest.raises(ValueError, match="results.nc"):
+            mf.load_results(directory)
+        assert main(["plot", str(directory)]) == 2
+        error = capsys.readouterr().err
+        assert str(directory / "results.nc") in error and len(error.strip().splitlines()) == 1
