@@ -385,7 +385,7 @@ def _load(path: Path, count: int) -> list[dict]:
 
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="a few points of each case (CI): about a minute")
+    parser.add_argument("--smoke", action="store_true", help="a few points of each case: about 2 min on 2 CPU cores")
     parser.add_argument("--out", help="write the rows as JSON to this file")
     parser.add_argument("--worker", choices=PRECISIONS, help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)

@@ -178,6 +178,14 @@ class ReducedExperiment(AbstractExperiment):
     `default_tolerances`, `solver` to `simulate_reduced`'s (Kvaerno5); `Rodas5()` (or
     `Rodas4()`) runs large batches several times faster (not reverse-mode differentiable).
 
+    **Arguments** (besides the axes' defaults `d`, `ridge`, `rho`, `rtol`, `atol`):
+    - `link`, `key`, `t1`: the target, the key every point's seed is folded into, the
+      final time.
+    - `r`: the student's number of directions (default `k`); `problem`:
+      `"two-timescale"` (default) or `"planted"`.
+    - `num_saves` (128), `t_min` (1e-2), `max_steps` (16 384), `solver`: as in
+      `simulate_reduced`.
+
     **Example:**
     ```python
     experiment = ReducedExperiment(links.staircase(2), jax.random.key(0), t1=1e4)
@@ -315,6 +323,15 @@ class FlowExperiment(AbstractExperiment):
     `KernelRidge(Mehler(ρ), μ)` or `HermiteFeatures(D, μ, ρ)`; `ridge` for any fit),
     `noise` (finite data), `rtol`, `atol` (default `default_tolerances`; the solver
     defaults to Tsit5, retracted after each step).
+
+    **Arguments** (besides the axes' defaults `d`, `noise`, `rtol`, `atol`):
+    - `link`, `key`, `t1`: the target, the key every point's seed is folded into, the
+      final time; `d_max`: the padded dimension (`≥ k + r`).
+    - `r`: the student's number of directions (default `k`); `n`: samples per seed
+      (default `None`, the population); `fit`: the fast timescale's fit (`None`: the
+      exact conditional expectation, population only); `problem`: `"two-timescale"`
+      (default) or `"planted"`.
+    - `num_saves` (64), `t_min` (1e-2), `max_steps` (16 384), `solver`: as in `simulate`.
 
     **Example:**
     ```python

@@ -45,7 +45,7 @@ class AbstractKernel(eqx.Module):
 class Mehler(AbstractKernel):
     """The isotropic Hermite (Mehler) kernel `k_ρ(z, z') = Σ_α ρ^{|α|} h_α(z) h_α(z')`,
     in closed form `Π_i (1−ρ²)^{−1/2} exp((2ρ z_i z'_i − ρ²(z_i² + z'_i²)) / (2(1−ρ²)))`;
-    its eigenvalue on Hermite degree `j` is `q_j = ρ^j` (`0 < ρ < 1`)."""
+    its eigenvalue on Hermite degree `j` is `q_j = ρ^j`; `rho` is `ρ ∈ (0, 1)` (default ½)."""
 
     rho: Float[Array, ""]
 
@@ -64,7 +64,7 @@ class Mehler(AbstractKernel):
 
 
 class RBF(AbstractKernel):
-    """The Gaussian kernel `exp(−‖z − z'‖² / (2 ℓ²))`."""
+    """The Gaussian kernel `exp(−‖z − z'‖² / (2 ℓ²))`; `lengthscale` is `ℓ > 0` (default 1)."""
 
     lengthscale: Float[Array, ""]
 
@@ -78,7 +78,8 @@ class RBF(AbstractKernel):
 
 
 class Polynomial(AbstractKernel):
-    """The polynomial kernel `(zᵀz' + c)^p`."""
+    """The polynomial kernel `(zᵀz' + c)^p`; `degree` is `p` (default 3), `offset` is
+    `c ≥ 0` (default 1)."""
 
     degree: int = eqx.field(static=True)
     offset: Float[Array, ""]
@@ -462,6 +463,8 @@ class AbstractFit(eqx.Module):
     ridge: eqx.AbstractVar[Float[Array, ""]]
 
     def fit(self, Z: Float[ArrayLike, "n r"], y: Float[ArrayLike, " n"]) -> AbstractFittedLink:
+        """The minimiser `f̂` of the objective on projected inputs `Z` `(n, r)` and labels
+        `y` `(n,)`, in closed form; differentiable in `Z`, `y` and the hyperparameters."""
         raise NotImplementedError
 
     def objective(self, fitted: AbstractFittedLink, Z: Float[Array, "n r"], y: Float[Array, " n"]) -> Float[Array, ""]:
@@ -562,7 +565,8 @@ class HermiteFeatures(AbstractFeatureFit):
     """Ridge regression on the Hermite features `√(ρ^{|α|}) h_α(z)`, `|α| ≤ degree`
     (the Mehler kernel truncated at `degree`): the closest finite-`n` match to the
     reduced dynamics, whose population limit has shrinkage `ρ^j / (ρ^j + μ)` for
-    `j ≤ degree` and `0` above."""
+    `j ≤ degree` and `0` above. `ridge` is `μ` (default 0), `rho` is `ρ ∈ (0, 1]`
+    (default 1: no shrinkage by degree)."""
 
     degree: int = eqx.field(static=True)
     rho: Float[Array, ""]

@@ -130,6 +130,8 @@ class Online(eqx.Module):
         self.num_samples, self.key = num_samples, key
 
     def at(self, target: Target, t: Float[Array, ""]) -> Dataset:
+        """The batch of evaluation time `t`: `num_samples` draws of `target` from `key`
+        folded with the bits of `t` as a float32 (the same `t`, the same batch)."""
         stamp = jax.lax.bitcast_convert_type(jnp.asarray(t, jnp.float32), jnp.uint32)
         return target.sample(jax.random.fold_in(self.key, stamp), self.num_samples)
 
@@ -179,7 +181,11 @@ class AbstractFlow(eqx.Module):
         return -project_tangent(W, self.gradient(W, t), self.metric)
 
     def loss(self, W: Float[Array, "d r"]) -> Float[Array, ""]:
-        """The population loss of the problem at `W` (a function of `M = W*ᵀW` only)."""
+        """The population loss of the problem at `W` (a function of `M = W*ᵀW` only): for
+        finite or online data, the ridge-free loss of the best link on `span W`,
+        `½(‖f*‖² − ‖E[f* | Wᵀx]‖²)` (the fitted link's own error is `test_loss`); for
+        the population with a ridge fit, the value function the flow descends (the ridge
+        objective at the population fit, penalty included)."""
         raise NotImplementedError
 
     def train_loss(self, W: Float[Array, "d r"], t: Float[ArrayLike, ""] = 0.0) -> Float[Array, ""]:

@@ -58,7 +58,9 @@ class Trajectory(eqx.Module):
     **Fields** (`n` saves, `p = min(k, r)`; a leading batch axis under `vmap`):
     - `ts`: `(n,)` save times, `0` then log-spaced up to `t1`.
     - `overlap`: `(n, k, r)` the overlap `M(t) = W*ᵀ W(t)`.
-    - `loss`: `(n,)` the population loss of the problem at `M(t)`.
+    - `loss`: `(n,)` the population loss of the problem at `M(t)`: the reduced loss
+      (with a ridge, the two-timescale value function, penalty included); for
+      d-dimensional flows, `AbstractFlow.loss`.
     - `singular_values`: `(n, p)` singular values of `M(t)`, largest first.
     - `status`: `()` a `Status` code; `num_steps`: `()` accepted and rejected steps.
     - `forced_error`: `()` the largest relative error estimate of a step accepted at the time
@@ -508,6 +510,9 @@ def simulate_reduced(
       fast batches under `jax.vmap`, not reverse-mode differentiable.
     - `max_steps`: step budget; `adjoint`: diffrax adjoint for gradients (default
       `RecursiveCheckpointAdjoint`).
+    - `steady_state`: stop once the loss is within rounding of the problem's global
+      minimum and fill the later saves with that state (default; the stiff converged tail
+      otherwise costs steps for nothing), or integrate to `t1` regardless.
 
     **Example:**
     ```python

@@ -168,7 +168,7 @@ class Link(eqx.Module):
         - `num_nodes`: quadrature nodes per axis; exact for polynomials of degree
           `≤ 2·num_nodes − 1 − D`; at most 300 (the limit of `hermegauss` in
           float64). Default: as many as keep the grid near 10⁶ points (300 for
-          k ≤ 2, 101 for k = 3, 32 for k = 4), at least `D + 1`. For non-smooth
+          k ≤ 2, 102 for k = 3, 32 for k = 4), at least `D + 1`. For non-smooth
           functions the error decays slowly (about `1/num_nodes` for a kink). The grid
           has at most `2^24` points, and the link at most `2^20` entries per tensor.
         """

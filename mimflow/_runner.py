@@ -248,6 +248,9 @@ def run_config(
 
     The run computes in the config's `precision` (`jax.enable_x64` on for float64, off
     for float32, whatever the process's setting), recorded in the results' attributes.
+
+    `progress`: draw a progress bar on `stream` (default `sys.stderr`) after each chunk;
+    `None` (default) draws one when `stream` is a terminal.
     """
     if not isinstance(config, dict) or not {"name", "target", "time", "solver", "output", "sweep"} <= config.keys():
         raise ConfigError(f"`config` must be a resolved config (load_config(path)), got {config!r:.80}")

@@ -67,7 +67,8 @@ def _he_at_zero(n: int) -> float:
 def relu(degree: int = 8, dim: int = 1, index: int = 0) -> Link:
     """`max(z, 0)` truncated to degrees `≤ degree`, from the closed form
     `⟨relu, h_n⟩ = φ(0) (He_n(0) + n He_{n−2}(0)) / √(n!)` (`n ≥ 2`), `⟨relu, h_0⟩ = φ(0)`,
-    `⟨relu, h_1⟩ = ½`; `residual` is exact (`E relu² = ½`)."""
+    `⟨relu, h_1⟩ = ½`; `residual` is exact (`E relu² = ½`). A link of `z_index` on
+    `ℝ^dim`, as `hermite`."""
     degree = check_int("degree", degree, 0, MAX_DEGREE)
     coeffs = {0: _PHI0}
     if degree >= 1:
@@ -80,7 +81,8 @@ def relu(degree: int = 8, dim: int = 1, index: int = 0) -> Link:
 
 def sign(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
     """`sign(z)` truncated to degrees `≤ degree`, from the closed form
-    `⟨sign, h_n⟩ = 2 φ(0) He_{n−1}(0) / √(n!)` (odd `n`); `residual` is exact."""
+    `⟨sign, h_n⟩ = 2 φ(0) He_{n−1}(0) / √(n!)` (odd `n`); `residual` is exact. A link
+    of `z_index` on `ℝ^dim`, as `hermite`."""
     degree = check_int("degree", degree, 1, MAX_DEGREE)
     coeffs = {n: 2.0 * _PHI0 * _he_at_zero(n - 1) / math.sqrt(math.factorial(n)) for n in range(1, degree + 1, 2)}
     link = _single_index(coeffs, dim, index)
@@ -88,7 +90,8 @@ def sign(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
 
 
 def tanh(degree: int = 9, dim: int = 1, index: int = 0) -> Link:
-    """`tanh(z)` projected by Gauss–Hermite quadrature onto degrees `≤ degree`."""
+    """`tanh(z)` projected by Gauss–Hermite quadrature onto degrees `≤ degree`, a link of
+    `z_index` on `ℝ^dim`, as `hermite`."""
     link = Link.from_function(lambda z: jnp.tanh(z[0]), dim=1, degree=check_int("degree", degree, 0, MAX_DEGREE))
     return _place(link, dim, index)
 
