@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jaxtyping import Array
 
-from ._checks import check_range
+from ._checks import check_int, check_range
 from ._experiments import AbstractExperiment, Axes, FlowExperiment, ReducedExperiment, check_grid
 from ._integrate import Status, escape_times
 from ._link import Link
@@ -150,8 +150,8 @@ def _chunk_size(
             per_device = budget // (experiment.working_bytes() + output_bytes)
         cap = total if max_batch_size is None else min(total, max_batch_size)
         batch_size = max(1, min(cap, per_device * num_devices))
-    elif not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be None or an integer ≥ 1, got {batch_size!r}")
+    else:
+        batch_size = check_int("batch_size", batch_size, 1)
     return max(2, -(-min(batch_size, total) // num_devices)) * num_devices
 
 
@@ -239,8 +239,8 @@ class SweepPlan:
         self.experiment, self.escape_threshold = experiment, escape_threshold
         self.mesh = Mesh(np.array(devices), (_BATCH,)) if len(devices) > 1 else None
         self.total = math.prod(len(values) for values in self.axes.values())
-        if max_batch_size is not None and (not isinstance(max_batch_size, int) or max_batch_size < 1):
-            raise ValueError(f"`max_batch_size` must be None or an integer ≥ 1, got {max_batch_size!r}")
+        if max_batch_size is not None:
+            max_batch_size = check_int("max_batch_size", max_batch_size, 1)
         self._sequential = _sequential(experiment, devices[0])
         self.batch_size = _chunk_size(
             experiment, self.total, batch_size, len(devices), max_batch_size, self._sequential

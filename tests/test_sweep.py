@@ -255,6 +255,9 @@ def test_plan_chunking_without_running():
     plan = mimflow.SweepPlan(experiment, {"seed": range(8)}, max_batch_size=3)
     assert (plan.total, plan.batch_size, plan.num_chunks) == (8, 3, 3)
     assert mimflow.SweepPlan(experiment, {"seed": range(8)}, batch_size=5, max_batch_size=3).batch_size == 5
+    # NumPy integers are integers (they were refused: "must be an integer ≥ 1, got np.int64(5)")
+    assert mimflow.SweepPlan(experiment, {"seed": range(8)}, batch_size=np.int64(5)).batch_size == 5
+    assert mimflow.SweepPlan(experiment, {"seed": range(8)}, max_batch_size=np.int32(3)).batch_size == 3
     with pytest.raises(ValueError, match="max_batch_size.*0"):
         mimflow.SweepPlan(experiment, {"seed": range(8)}, max_batch_size=0)
     with pytest.raises(ValueError, match=r"chunk `index`.*3"):
