@@ -71,7 +71,8 @@ and JAX arrays have at most 64."""
 
 MAX_LINK_SIZE = 2**20
 """The most entries a link's Hermite tensor of degree `D` on `ℝ^k` (`k^D`) and its table
-of multi-indices (`binom(D + k − 1, D)` rows of length `k`) may hold, as in configs."""
+of multi-indices (`binom(D + k − 1, D)` rows of length `k`) may hold; configs also cap
+`(D + 1)^k` and `k²` (`_config._check_link_size`)."""
 
 
 def check_link_size(dim: int, degree: int, source: str) -> None:

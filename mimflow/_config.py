@@ -21,7 +21,7 @@ import jax
 import yaml
 
 from . import links
-from ._checks import MAX_DEGREE
+from ._checks import MAX_DEGREE, MAX_LINK_SIZE
 from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
 from ._fast import AbstractRosenbrock, Rodas4, Rodas5
 from ._fits import RBF, AbstractFit, ArcCosine, HermiteFeatures, KernelRidge, Mehler, Polynomial, RandomFeatures
@@ -289,14 +289,11 @@ def _check_term(term: Any, path: str) -> dict:
     return normal
 
 
-_MAX_LINK_SIZE = 2**20
-
-
 def _check_link_size(k: int, degree: int, path: str) -> None:
     """Reject a link on `ℝ^k` of degree `D` too large to build: its tensors hold `k^D`
     entries, its multi-index tables `(D + 1)^k` rows, its embedding `k²` entries (each at
     most `2^20`), and a tensor has at most 64 axes (NumPy's limit)."""
-    if degree > MAX_DEGREE or k > 2**10 or max(k**degree, (degree + 1) ** k, k * k) > _MAX_LINK_SIZE:
+    if degree > MAX_DEGREE or k > 2**10 or max(k**degree, (degree + 1) ** k, k * k) > MAX_LINK_SIZE:
         raise ConfigError(
             f"{path}: a link on ℝ^{k} of degree {degree} is too large to build "
             "(k^degree, (degree + 1)^k and k² must be ≤ 2^20, degree ≤ 64)"

@@ -1,7 +1,6 @@
 """The subspace `W ∈ St(d, r)`: Haar sampling, tangent projections, retractions,
 principal angles (DESIGN §4)."""
 
-from numbers import Integral
 from typing import Literal
 
 import equinox as eqx
@@ -10,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._checks import check_finite, check_key, check_orthonormal, is_concrete
+from ._checks import check_finite, check_int, check_key, check_orthonormal, is_concrete
 
 Metric = Literal["grassmann", "stiefel"]
 Retraction = Literal["qr", "polar", "cayley"]
@@ -19,10 +18,10 @@ Retraction = Literal["qr", "polar", "cayley"]
 def _check_dims(d: int, r: int) -> tuple[int, int]:
     """`(d, r)` as Python integers; a `ValueError` unless they are integers (Python or
     NumPy, not bools) with `1 ≤ r ≤ d`."""
-    integers = all(isinstance(n, Integral) and not isinstance(n, bool) for n in (d, r))
-    if not integers or r < 1 or d < r:
-        raise ValueError(f"need integers 1 ≤ r ≤ d, got d={d!r}, r={r!r}")
-    return int(d), int(r)
+    try:
+        return check_int("d", d, 1), check_int("r", r, 1, d)
+    except ValueError:
+        raise ValueError(f"need integers 1 ≤ r ≤ d, got d={d!r}, r={r!r}") from None
 
 
 def haar_stiefel(key: PRNGKeyArray, d: int, r: int) -> Float[Array, "d r"]:
