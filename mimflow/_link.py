@@ -17,6 +17,7 @@ from ._checks import (
     check_orthonormal,
     check_range,
     check_shape,
+    is_concrete,
 )
 from ._hermite import (
     apply_each,
@@ -49,12 +50,24 @@ class Link(eqx.Module):
     `f(z) = Σ_j ⟨T_j, H_j(z)⟩` (DESIGN §1), so `‖f‖² = E f(z)² = Σ_j ‖T_j‖_F²`.
 
     Build one with `Link.from_hermite`, `Link.from_tensors`, `Link.from_function`
-    or the catalogue `mimflow.links`; add links with `+` and rescale with `*`.
+    or the catalogue `mimflow.links`.
+
+    **Arithmetic** (links of one dimension `k`; each acts on the tensors):
+    - `f + g`, `f - g`, `-f`, and `sum([f, g, ...])` (`0 + f` is `f`; other scalars are
+      not added: a constant `c` is `Link.from_tensors({0: c}, dim=k)`).
+    - `c * f`, `f * c` and `f / c` for one finite real number `c` (a Python or NumPy
+      number, or a 0-d JAX array, traced ones included, so `jax.grad` flows through
+      `c`); bools, complex numbers, NaN, ±inf and `f / 0` raise a `ValueError`. A
+      traced `c` is checked for dtype and shape only.
+    - `residual`: `r_{c·f} = c² r_f`, `r_{-f} = r_f`, and `r_{f±g} = (√r_f + √r_g)²`,
+      the Cauchy–Schwarz bound on `‖e_f ± e_g‖²` for the truncation errors `e_f, e_g`
+      (attained by `f + f`; `f - f` is the zero function but keeps `4 r_f`).
 
     **Fields:**
     - `tensors`: `{degree j: symmetric tensor of shape (k,)*j}`.
     - `residual`: `E f² − Σ_{j≤D} ‖T_j‖²` of the function the link was projected
-      from (zero for polynomials; for sums of projected links an upper bound).
+      from (zero for polynomials; for sums and differences of projected links an
+      upper bound).
     - `dim`: `k`, the number of input variables.
 
     **Example:**
@@ -245,24 +258,74 @@ class Link(eqx.Module):
         tensors = {j: apply_each(matrix, t) for j, t in self.tensors.items()}
         return Link(tensors, matrix.shape[0], self.residual)
 
-    def __add__(self, other: "Link") -> "Link":
-        if not isinstance(other, Link):
-            return NotImplemented
+    def _combine(self, other: "Link", sign: float, verb: str) -> "Link":
+        """`self + sign · other`; the residual bound is `(√r_f + √r_g)²` for either sign."""
         if other.dim != self.dim:
-            raise ValueError(f"cannot add links of dimensions {self.dim} and {other.dim}")
+            raise ValueError(f"cannot {verb} links of dimensions {self.dim} and {other.dim}")
         tensors = dict(self.tensors)
         for j, t in other.tensors.items():
+            t = t if sign > 0 else -t
             tensors[j] = tensors[j] + t if j in tensors else t
         return Link(tensors, self.dim, (_safe_sqrt(self.residual) + _safe_sqrt(other.residual)) ** 2)
 
-    def __mul__(self, scale: float) -> "Link":
-        if not isinstance(scale, Real | jax.Array | np.ndarray) or np.ndim(scale) != 0:
+    def __add__(self, other: "Link") -> "Link":
+        if not isinstance(other, Link):
             return NotImplemented
-        check_range("scale", scale, low=-np.inf)
+        return self._combine(other, 1.0, "add")
+
+    def __radd__(self, other: object) -> "Link":
+        # `0 + f` is `f`, so that `sum(links)` (which starts from the integer 0) works;
+        # other scalars are not links (a constant is `Link.from_tensors({0: c}, dim=k)`).
+        if isinstance(other, Real) and not isinstance(other, bool | np.bool_) and other == 0:
+            return self
+        return NotImplemented
+
+    def __sub__(self, other: "Link") -> "Link":
+        if not isinstance(other, Link):
+            return NotImplemented
+        return self._combine(other, -1.0, "subtract")
+
+    def __neg__(self) -> "Link":
+        return Link({j: -t for j, t in self.tensors.items()}, self.dim, self.residual)
+
+    def __mul__(self, scale: float) -> "Link":
+        _check_scalar("scale", scale)
         tensors = {j: scale * t for j, t in self.tensors.items()}
         return Link(tensors, self.dim, scale * (scale * self.residual))  # a float's `**` raises on overflow
 
     __rmul__ = __mul__
+
+    def __truediv__(self, divisor: float) -> "Link":
+        _check_scalar("divisor", divisor)
+        if is_concrete(divisor) and np.asarray(divisor) == 0:
+            raise ValueError(f"`divisor` must be nonzero, got {divisor!r}")
+        tensors = {j: t / divisor for j, t in self.tensors.items()}
+        return Link(tensors, self.dim, self.residual / divisor / divisor)
+
+
+def _check_scalar(name: str, value: object) -> None:
+    """A `ValueError` naming `value` unless it is one real number: a Python or NumPy
+    integer or float, or a 0-d JAX or NumPy array of one (traced ones included; those are
+    checked for dtype and shape only). Bools, complex numbers and, when concrete, NaN and
+    ±inf are refused."""
+    if isinstance(value, Link):
+        raise ValueError(f"`{name}` must be a real number: links multiply and divide only by scalars, got a Link")
+    if isinstance(value, jax.Array):  # concrete or traced
+        kind, shape = value.dtype.kind, value.shape
+    else:
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError):
+            array = np.asarray(None)
+        kind, shape = array.dtype.kind, array.shape
+    if kind in "bc":
+        what = "a bool" if kind == "b" else "complex"
+        raise ValueError(f"`{name}` must be a real number, not {what}, got {value!r:.100}")
+    if kind not in "iuf":
+        raise ValueError(f"`{name}` must be a real number, got {type(value).__name__} {value!r:.100}")
+    if shape != ():
+        raise ValueError(f"`{name}` must be a scalar, got shape {shape}")
+    check_finite(name, value)
 
 
 def _safe_sqrt(x: Array) -> Array:

@@ -1,7 +1,7 @@
 """A catalogue of link functions (DESIGN §1–§3).
 
 Single-index links are functions on `ℝ¹`; place them on coordinates of `ℝ^k`
-with `embed`, add links with `+` and rescale them with `*`:
+with `embed`, combine links with `+`, `-` and `sum`, and rescale them with `*` and `/`:
 
 ```python
 from mimflow import links

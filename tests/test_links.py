@@ -540,6 +540,81 @@ def test_add_and_scale():
     np.testing.assert_allclose(float((2.0 * relu).residual), 4 * (0.5 - np.sum(oracle**2)), atol=1e-10)
 
 
+@eqx.filter_jit
+def _arithmetic(f, g, h, z):
+    """Values and norms of links built by `-`, `/` and `sum`, in one compiled call (eager
+    dispatch compiles each op separately); the scalars are Python and NumPy numbers and a
+    concrete JAX array, so the checks on them run as they do outside `jit`."""
+    built = [f - g, g - f, -g, f / 2, f / -0.25, f / jnp.asarray(4.0), f / np.float32(8.0)]
+    built += [sum([f, g, h]), sum([f, -g, h / 4])]
+    return [link(z) for link in built], [(f - g).norm2(), (f / 2).norm2(), (f - f).norm2()]
+
+
+def test_subtract_negate_divide_and_sum():
+    f = Link.from_hermite({(1, 0): 1.0, (1, 1): 1.0})  # z1 + z1 z2
+    g = Link.from_hermite({(2, 0): -1.0, (0, 3): 0.5})  # −h2(z1) + ½ h3(z2): degrees f lacks
+    h = Link.from_hermite({(0, 0): 0.25, (1, 1): -2.0})  # ¼ − 2 z1 z2
+    z = points(2, seed=7)
+    f_np = z[:, 0] + z[:, 0] * z[:, 1]
+    g_np = -h_np(2, z[:, 0]) + 0.5 * h_np(3, z[:, 1])
+    h_np_ = 0.25 - 2.0 * z[:, 0] * z[:, 1]
+    expected = [f_np - g_np, g_np - f_np, -g_np, f_np / 2, -4 * f_np, f_np / 4, f_np / 8]
+    expected += [f_np + g_np + h_np_, f_np - g_np + h_np_ / 4]
+    values, norms = _arithmetic(f, g, h, jnp.asarray(z))
+    for got, want in zip(values, expected, strict=True):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-12, atol=1e-12)
+    # ‖f − g‖² = ‖f‖² + ‖g‖² = 2 + 1.25 (orthogonal), ‖f / 2‖² = ‖f‖² / 4, and f − f = 0
+    np.testing.assert_allclose(np.asarray(norms), [3.25, 0.5, 0.0], rtol=1e-13, atol=1e-30)
+    # the start value 0 of `sum` is the only scalar a link adds to
+    assert sum([f]) is f and 0.0 + f is f and np.int64(0) + f is f
+    for scalar in [1, 0.5, True, False]:
+        with pytest.raises(TypeError):
+            scalar + f
+
+
+def test_residual_of_differences_negations_and_quotients():
+    """`f − g` bounds its truncation error as `f + g` does, `(√r_f + √r_g)²` (Cauchy–
+    Schwarz on the error `e_f − e_g`); `−f` keeps `r_f` and `f / c` has `r_f / c²`.
+    relu − sign by closed forms: `E relu² = ½`, `E sign² = 1`, `E relu·sign = φ(0)`."""
+    relu_c = np.array([relu_oracle(n) for n in range(6)])
+    sign_c = np.array([sign_oracle(n) for n in range(6)])
+    r_relu, r_sign = 0.5 - np.sum(relu_c[:5] ** 2), 1.0 - np.sum(sign_c**2)
+    relu, sign = links.relu(4), links.sign(5)
+    bound = (math.sqrt(r_relu) + math.sqrt(r_sign)) ** 2
+    truth = 0.5 + 1.0 - 2 * PHI0 - np.sum((np.append(relu_c[:5], 0.0) - sign_c) ** 2)
+    difference = relu - sign
+    assert truth <= float(difference.residual) + 1e-12
+    np.testing.assert_allclose(float(difference.residual), bound, rtol=1e-9)
+    np.testing.assert_allclose(float((sign - relu).residual), bound, rtol=1e-9)
+    np.testing.assert_allclose(float((-relu).residual), r_relu, rtol=1e-9)
+    np.testing.assert_allclose(float((relu / 2).residual), r_relu / 4, rtol=1e-9)
+    np.testing.assert_allclose(float((relu / jnp.asarray(-0.5)).residual), 4 * r_relu, rtol=1e-9)
+    # `sum` chains `+`: (√r + √r_s + √r)² for relu + sign + relu
+    total = sum([relu, sign, relu])
+    np.testing.assert_allclose(float(total.residual), (2 * math.sqrt(r_relu) + math.sqrt(r_sign)) ** 2, rtol=1e-9)
+    # f − f is the zero function, but the bound is kept (documented): 4 r_f
+    np.testing.assert_allclose(float((relu - relu).residual), 4 * r_relu, rtol=1e-9)
+
+
+def test_arithmetic_with_traced_scalars():
+    f = Link.from_hermite({(1, 0): 1.0, (0, 2): 0.5})  # ‖f‖² = 1.25
+    g = Link.from_hermite({(1, 0): 2.0, (1, 1): 1.0})  # ⟨f, g⟩ = 2
+    # ‖c f − g‖² = 1.25 c² − 4 c + 5 and ‖f / c‖² = 1.25 / c²
+    grad = jax.jit(jax.grad(lambda c: (c * f - g).norm2()))(3.0)
+    np.testing.assert_allclose(float(grad), 2 * 1.25 * 3.0 - 4.0, rtol=1e-12)
+    grad = jax.jit(jax.grad(lambda c: (f / c).norm2()))(2.0)
+    np.testing.assert_allclose(float(grad), -2 * 1.25 / 2.0**3, rtol=1e-12)
+    norms = jax.jit(jax.vmap(lambda c: sum([f / c, -g]).norm2()))(jnp.array([1.0, 2.0, 4.0]))
+    np.testing.assert_allclose(np.asarray(norms), [1.25 / c**2 - 4 / c + 5 for c in [1.0, 2.0, 4.0]], rtol=1e-12)
+    # residual (|c| √r_relu + √r_sign)² of c·relu − sign, differentiated through `_safe_sqrt`
+    r_relu = 0.5 - sum(relu_oracle(n) ** 2 for n in range(5))
+    r_sign = 1.0 - sum(sign_oracle(n) ** 2 for n in range(6))
+    relu, sign = links.relu(4), links.sign(5)
+    grad = jax.jit(jax.grad(lambda c: (c * relu - sign).residual))(2.0)
+    expected = 2 * (2 * math.sqrt(r_relu) + math.sqrt(r_sign)) * math.sqrt(r_relu)
+    np.testing.assert_allclose(float(grad), expected, rtol=1e-8)
+
+
 def test_with_degrees():
     f = Link.from_hermite({(1, 0): 1.0, (1, 1): 1.0})
     padded = f.with_degrees([0, 2, 5])
@@ -572,6 +647,47 @@ def test_stack_vmap():
     # and against plain formulas for two of them
     np.testing.assert_allclose(batched[1], z[:, 0] + z[:, 0] * z[:, 1], rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(batched[4], 0.5 - h_np(2, z[:, 0]) * h_np(2, z[:, 1]), rtol=1e-12, atol=1e-12)
+
+
+@functools.cache
+def _staircase2():
+    return links.staircase(2)
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda f: f * True, r"`scale` must be a real number, not a bool, got True"),
+        (lambda f: False * f, r"`scale` must be a real number, not a bool, got False"),
+        (lambda f: f * np.bool_(True), r"`scale`.*not a bool"),
+        (lambda f: f * jnp.asarray(True), r"`scale`.*not a bool"),
+        (lambda f: jax.jit(lambda b: (f * b).norm2())(True), r"`scale`.*not a bool"),  # traced bool
+        (lambda f: f / True, r"`divisor` must be a real number, not a bool, got True"),
+        (lambda f: f * 1j, r"`scale` must be a real number, not complex, got 1j"),
+        (lambda f: (1 + 0j) * f, r"`scale`.*not complex"),
+        (lambda f: f * jnp.asarray(2j), r"`scale`.*not complex"),
+        (lambda f: f / 1j, r"`divisor`.*not complex"),
+        (lambda f: f * np.nan, r"`scale` must be finite, got nan"),
+        (lambda f: f / np.nan, r"`divisor` must be finite, got nan"),
+        (lambda f: f / -np.inf, r"`divisor` must be finite, got -inf"),
+        (lambda f: f / jnp.asarray(np.inf), r"`divisor` must be finite, got inf"),
+        (lambda f: f / 0, r"`divisor` must be nonzero, got 0"),
+        (lambda f: f / -0.0, r"`divisor` must be nonzero, got -0.0"),
+        (lambda f: f / jnp.asarray(0.0), r"`divisor` must be nonzero"),
+        (lambda f: f * "2", r"`scale` must be a real number, got str '2'"),
+        (lambda f: f / None, r"`divisor` must be a real number, got NoneType None"),
+        (lambda f: f * f, r"`scale`.*only by scalars, got a Link"),
+        (lambda f: f / f, r"`divisor`.*only by scalars, got a Link"),
+        (lambda f: f * np.ones(2), r"`scale` must be a scalar, got shape \(2,\)"),
+        (lambda f: f / jnp.ones((1,)), r"`divisor` must be a scalar, got shape \(1,\)"),
+        (lambda f: f - Link({1: jnp.ones(3)}, 3), r"cannot subtract links of dimensions 2 and 3"),
+    ],
+)
+def test_link_arithmetic_refuses(make, match):
+    """Links scale and divide by one finite real number only: bools (even traced),
+    complex numbers, NaN, ±inf, zero divisors, non-numbers, links and arrays are refused."""
+    with pytest.raises(ValueError, match=match):
+        make(_staircase2())
 
 
 # --- 7. bad input --------------------------------------------------------------
