@@ -15,7 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float
 
-from ._checks import as_numbers, check_finite, check_int, check_range, is_concrete, rounding_tolerance
+from ._checks import (
+    as_numbers,
+    check_finite,
+    check_int,
+    check_range,
+    check_shape,
+    is_concrete,
+    rounding_tolerance,
+    shape_of,
+)
 from ._hermite import apply_each
 from ._link import Link
 
@@ -37,9 +46,22 @@ def _b_matrix(link: Link, weights: dict[int, Array], matrix: Float[Array, "k k"]
     return total
 
 
+def _as_float_array(value: ArrayLike) -> Array:
+    """`value` as a JAX array, integers and booleans as floats (a float array, traced or
+    not, is returned as it is: no copy, no change of precision)."""
+    array = jnp.asarray(value)
+    return array if jnp.issubdtype(array.dtype, jnp.inexact) else array.astype(float)
+
+
 class AbstractProblem(eqx.Module):
     """A reduced learning problem: a loss and a vector field on the overlap `M`
-    of shape `(k, r)`, which together with `M(0)` determine the whole dynamics."""
+    of shape `(k, r)`, which together with `M(0)` determine the whole dynamics.
+
+    The methods of `TwoTimescale` and `Planted` take arrays or nested lists and raise a
+    `ValueError` naming their argument for a wrong shape and, when concrete, a value that
+    is not a finite real number. They do not check that it is an overlap (singular
+    values ≤ 1): they are the solvers' right-hand sides, and off the domain (a state a
+    step pushed past it) they evaluate the same polynomials. `check_overlap` does."""
 
     link: eqx.AbstractVar[Link]
 
@@ -66,15 +88,25 @@ class AbstractProblem(eqx.Module):
         """Raise a `ValueError` naming `name` if `overlap` is not a finite `(k, r)` matrix
         or, when concrete, not an overlap: its singular values (cosines) above 1 beyond
         rounding (`rounding_tolerance`)."""
-        shape = np.shape(overlap)
-        if len(shape) != 2 or shape[0] != self.link.dim or shape[1] < 1:
-            raise ValueError(f"`{name}` must have shape (k, r) = ({self.link.dim}, r) for this link, got shape {shape}")
-        check_finite(name, overlap)
+        self._check_matrix(overlap, name)
         if not is_concrete(overlap):
             return
         largest = np.linalg.norm(as_numbers(name, overlap), 2)
         if largest > 1 + rounding_tolerance(np.asarray(overlap)):
             raise ValueError(f"`{name}` must be an overlap W*ᵀW, with singular values ≤ 1, got largest {largest:.6g}")
+
+    def _check_matrix(self, overlap: ArrayLike, name: str) -> None:
+        """`check_overlap` but for the singular values: a `(k, r)` shape (static, checked
+        inside `jit` too) and, when concrete, finite real entries."""
+        shape = shape_of(name, overlap)
+        if len(shape) != 2 or shape[0] != self.link.dim or shape[1] < 1:
+            raise ValueError(f"`{name}` must have shape (k, r) = ({self.link.dim}, r) for this link, got shape {shape}")
+        check_finite(name, overlap)
+
+    def _matrix(self, overlap: ArrayLike, name: str = "overlap") -> Array:
+        """`overlap` checked by `_check_matrix`, as a float array."""
+        self._check_matrix(overlap, name)
+        return _as_float_array(overlap)
 
     def in_domain(self) -> Bool[Array, ""]:
         """Whether the problem's parameters lie in their domain: `__init__` checks concrete
@@ -116,12 +148,15 @@ class TwoTimescale(AbstractProblem):
         top = self.link.degree if self.max_degree is None else self.max_degree
         return {j: self.rho**j / (self.rho**j + self.ridge) * (j <= top) for j in self.link.tensors}
 
-    def B(self, gram: Float[Array, "k k"]) -> Float[Array, "k k"]:
+    def B(self, gram: Float[ArrayLike, "k k"]) -> Float[Array, "k k"]:
         """`B(G) = Σ_j s_j · j · T_j(1) G^{⊗(j−1)} T_j(1)ᵀ ⪰ 0`, so `∂ℒ/∂G = −½ B(G)`."""
-        return _b_matrix(self.link, self.shrinkage(), gram)
+        check_shape("gram", gram, (self.link.dim, self.link.dim))
+        check_finite("gram", gram)
+        return _b_matrix(self.link, self.shrinkage(), _as_float_array(gram))
 
-    def loss(self, overlap: Float[Array, "k r"]) -> Float[Array, ""]:
+    def loss(self, overlap: Float[ArrayLike, "k r"]) -> Float[Array, ""]:
         """`ℒ(G) = ½(‖f*‖² − Σ_j s_j ⟨T_j, G^{⊗j} T_j⟩)`, `G = M Mᵀ`."""
+        overlap = self._matrix(overlap)
         gram = overlap @ overlap.T
         return 0.5 * (self.link.norm2() - _correlation(self.link, self.shrinkage(), gram))
 
@@ -129,8 +164,9 @@ class TwoTimescale(AbstractProblem):
         """`ℒ(I) = ½(‖f*‖² − Σ_j s_j ‖T_j‖²)` (zero without ridge)."""
         return 0.5 * (self.link.norm2() - _correlation(self.link, self.shrinkage(), jnp.eye(self.link.dim)))
 
-    def vector_field(self, overlap: Float[Array, "k r"]) -> Float[Array, "k r"]:
+    def vector_field(self, overlap: Float[ArrayLike, "k r"]) -> Float[Array, "k r"]:
         """`Ṁ = (I_k − G) B(G) M` (the Grassmann gradient flow, exact at every `d`)."""
+        overlap = self._matrix(overlap)
         gram = overlap @ overlap.T
         return (jnp.eye(self.link.dim, dtype=gram.dtype) - gram) @ self.B(gram) @ overlap
 
@@ -142,27 +178,27 @@ class Planted(AbstractProblem):
 
     link: Link
 
-    def check_overlap(self, overlap: ArrayLike, name: str = "M") -> None:
-        if np.ndim(overlap) == 2 and np.shape(overlap)[1] != self.link.dim:
-            raise ValueError(
-                f"the planted problem needs r = k = {self.link.dim}, got `{name}` of shape {np.shape(overlap)}"
-            )
-        super().check_overlap(overlap, name)
+    def _check_matrix(self, overlap: ArrayLike, name: str) -> None:
+        shape = shape_of(name, overlap)
+        if len(shape) == 2 and shape[1] != self.link.dim:
+            raise ValueError(f"the planted problem needs r = k = {self.link.dim}, got `{name}` of shape {shape}")
+        super()._check_matrix(overlap, name)
 
-    def gradient(self, overlap: Float[Array, "k k"]) -> Float[Array, "k k"]:
+    def gradient(self, overlap: Float[ArrayLike, "k k"]) -> Float[Array, "k k"]:
         """`Γ = ∇_M L_pl = −Σ_j j · T_j(1) (M^{⊗(j−1)} T_j)(1)ᵀ`."""
-        return -_b_matrix(self.link, _ones(self.link), overlap)
+        return -_b_matrix(self.link, _ones(self.link), self._matrix(overlap))
 
-    def loss(self, overlap: Float[Array, "k k"]) -> Float[Array, ""]:
+    def loss(self, overlap: Float[ArrayLike, "k k"]) -> Float[Array, ""]:
         """`L_pl(M) = ‖f*‖² − Σ_j ⟨T_j, M^{⊗j} T_j⟩`."""
-        return self.link.norm2() - _correlation(self.link, _ones(self.link), overlap)
+        return self.link.norm2() - _correlation(self.link, _ones(self.link), self._matrix(overlap))
 
     def minimum(self) -> Float[Array, ""]:
         """`L_pl(I) = 0` (up to rounding), the global minimum at `W = W*`."""
-        return self.loss(jnp.eye(self.link.dim))
+        return self.link.norm2() - _correlation(self.link, _ones(self.link), jnp.eye(self.link.dim))
 
-    def vector_field(self, overlap: Float[Array, "k k"]) -> Float[Array, "k k"]:
+    def vector_field(self, overlap: Float[ArrayLike, "k k"]) -> Float[Array, "k k"]:
         """`Ṁ = −Γ + ½ M (MᵀΓ + ΓᵀM)`."""
+        overlap = self._matrix(overlap)
         grad = self.gradient(overlap)
         return -grad + 0.5 * overlap @ (overlap.T @ grad + grad.T @ overlap)
 

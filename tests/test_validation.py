@@ -46,6 +46,7 @@ TRAJECTORY = mf.Trajectory(
     num_steps=jnp.array(2),
 )
 PREDICTION = theory.predict(ST2)
+TT2, PL2 = mf.TwoTimescale(ST2), mf.Planted(ST2)  # k = 2
 # what a summary and the figures read of a run's results, without running one
 RESULTS = xr.Dataset(
     {
@@ -129,6 +130,9 @@ LINKS = [
     ("hermite-too-large", lambda: links.hermite(40, dim=3), ["`degree` = 40", "`dim` = 3", "3^40", "2^20"]),
     ("harmonic-too-large", lambda: links.harmonic(40), ["`degree` = 40", "2^40"]),
     ("staircase-too-large", lambda: links.staircase(10), ["`k` = 10", "10^10"]),
+    # counted binom(2k − 1, k) (30 000 digits, half a second) and failed to print it, naming nothing
+    ("staircase-far-too-large", lambda: links.staircase(10**5), ["`k` = 100000", "degree 100000", "64"]),
+    ("hermite-dim-far-too-large", lambda: links.hermite(50, dim=10**100), ["`dim` = 1" + "0" * 100, "~10^"]),
     ("embed-too-large", lambda: links.embed(links.hermite(30), 3, 1), ["`link`", "`dim` = 3", "3^30"]),
     ("link-transform-too-large", lambda: links.hermite(30).transform(np.eye(3)[:, :1]), ["`matrix`", "3^30"]),
     ("from-hermite-too-large", lambda: mf.Link.from_hermite({(1,) * 10: 1.0}), ["`coefficients`", "10^10"]),
@@ -355,6 +359,29 @@ REDUCED_PROBLEMS = [
     ("reduced-loss-ridge-string", lambda: mf.reduced_loss(H2, M, ridge="0.1"), ["`ridge`", "'0.1'"]),
     ("reduced-vector-field-shape", lambda: mf.reduced_vector_field(ST2, jnp.ones((1, 2))), ["`M`", "(1, 2)"]),
     ("reduced-vector-field-rho", lambda: mf.reduced_vector_field(H2, M, rho=2.0), ["`rho`", "2."]),
+    ("reduced-loss-ragged", lambda: mf.reduced_loss(ST2, [[0.1, 0.0], [0.0]]), ["`M`", "ragged"]),
+    # the problems' own methods (a TypeError from dot_general, or silently numbers, before)
+    ("two-timescale-loss-shape", lambda: TT2.loss(jnp.ones((3, 1))), ["`overlap`", "(2, r)", "(3, 1)"]),
+    ("two-timescale-loss-vector", lambda: TT2.loss(jnp.ones(2)), ["`overlap`", "(2,)"]),
+    ("two-timescale-loss-stacked", lambda: mf.TwoTimescale(H2).loss(jnp.full((2, 1, 1), 0.1)), ["(2, 1, 1)"]),
+    ("two-timescale-loss-nan", lambda: TT2.loss(jnp.full((2, 2), NAN)), ["`overlap`", "nan"]),
+    ("two-timescale-loss-string", lambda: TT2.loss([["a", "b"], ["c", "d"]]), ["`overlap`", "'a'"]),
+    ("two-timescale-loss-ragged", lambda: TT2.loss([[0.1, 0.0], [0.0]]), ["`overlap`", "ragged"]),
+    ("two-timescale-vector-field-shape", lambda: TT2.vector_field(jnp.ones((3, 1))), ["`overlap`", "(3, 1)"]),
+    ("two-timescale-vector-field-scalar", lambda: TT2.vector_field(0.1), ["`overlap`", "shape ()"]),
+    ("two-timescale-vector-field-inf", lambda: TT2.vector_field([[INF], [0.0]]), ["`overlap`", "inf"]),
+    ("two-timescale-b-shape", lambda: TT2.B(jnp.eye(3)), ["`gram`", "(2, 2)", "(3, 3)"]),
+    ("two-timescale-b-rectangular", lambda: TT2.B(jnp.ones((2, 1))), ["`gram`", "(2, 1)"]),
+    ("two-timescale-b-list", lambda: TT2.B([[1.0, 0.0]]), ["`gram`", "(1, 2)"]),
+    ("two-timescale-b-nan", lambda: TT2.B(jnp.full((2, 2), NAN)), ["`gram`", "nan"]),
+    ("two-timescale-b-ragged", lambda: TT2.B([[1.0, 0.0], [0.0]]), ["`gram`", "ragged"]),
+    ("planted-problem-loss-r", lambda: PL2.loss(jnp.full((2, 3), 0.1)), ["`overlap`", "r = k = 2", "(2, 3)"]),
+    ("planted-problem-loss-k", lambda: PL2.loss(jnp.full((1, 2), 0.1)), ["`overlap`", "(1, 2)"]),
+    ("planted-problem-loss-stacked", lambda: mf.Planted(H2).loss(jnp.full((2, 1, 1), 0.1)), ["(2, 1, 1)"]),
+    ("planted-problem-gradient-r", lambda: PL2.gradient(jnp.ones((2, 1))), ["`overlap`", "r = k = 2", "(2, 1)"]),
+    ("planted-problem-gradient-inf", lambda: PL2.gradient(jnp.full((2, 2), INF)), ["`overlap`", "inf"]),
+    ("planted-problem-vector-field-shape", lambda: PL2.vector_field([[0.1]]), ["`overlap`", "(1, 1)"]),
+    ("planted-problem-vector-field-nan", lambda: PL2.vector_field(np.full((2, 2), NAN)), ["`overlap`", "nan"]),
 ]
 
 SWEEPS = [
@@ -540,6 +567,46 @@ def test_lists_are_arrays_at_the_public_boundary():
     np.testing.assert_array_equal(mf.Stiefel(W).principal_angles(listed), mf.Stiefel(W).principal_angles(W))
     fitted = mf.HermiteFeatures(2).fit(Z2, Y)
     np.testing.assert_array_equal(fitted(np.asarray(Z2).tolist()), fitted(Z2))
+
+
+def test_problem_methods_take_lists_and_numpy_arrays():
+    """`TwoTimescale.loss`, `.vector_field`, `.B` and `Planted.loss`, `.gradient`,
+    `.vector_field` take nested lists and NumPy arrays (an AttributeError or a TypeError
+    before), integers as floats. They check the argument's shape and finiteness, not that
+    it is an overlap (singular values ≤ 1): off the domain they evaluate the polynomial,
+    as they must on a state a solver step pushed slightly past it; `reduced_loss` and
+    `reduced_vector_field`, which take a user's overlap, check that too."""
+    m = np.array([[0.3, 0.1], [-0.2, 0.4]])
+    for method in (TT2.loss, TT2.vector_field, TT2.B, PL2.loss, PL2.gradient, PL2.vector_field):
+        expected = method(jnp.asarray(m))
+        np.testing.assert_array_equal(method(m.tolist()), expected)
+        np.testing.assert_array_equal(method(m), expected)
+        assert method([[1, 0], [0, 1]]).dtype == jnp.float64
+    np.testing.assert_array_equal(TT2.loss([[0.3], [0.1]]), TT2.loss(jnp.array([[0.3], [0.1]])))  # r = 1 ≠ k
+    assert np.isfinite(TT2.loss(2 * np.eye(2))) and np.isfinite(PL2.loss(2 * np.eye(2)))
+    with pytest.raises(ValueError, match="singular values"):
+        mf.reduced_loss(ST2, 2 * np.eye(2))
+
+
+def test_problem_method_checks_are_static_under_jit_and_vmap():
+    """Inside `jit`, `vmap` and `grad` the methods check shapes only (static, at trace
+    time: a ValueError, a TypeError from dot_general before) and pass traced values
+    through unchecked, as the solvers' right-hand sides need: tracing reads no value (no
+    concretization error) and a traced nan is a nan, not an error. Traced, not compiled,
+    but for one right-hand side."""
+    m = jnp.array([[0.3, 0.1], [-0.2, 0.4]])
+    # (method, its output's shape, a shape it refuses: (2, 3) is a two-timescale overlap, r ≠ k)
+    methods = [(TT2.loss, (), (3, 2)), (TT2.vector_field, (2, 2), (3, 2)), (TT2.B, (2, 2), (2, 3))]
+    methods += [(PL2.loss, (), (2, 3)), (PL2.gradient, (2, 2), (2, 3)), (PL2.vector_field, (2, 2), (2, 3))]
+    for method, shape, bad_shape in methods:
+        assert jax.make_jaxpr(method)(m).out_avals[0].shape == shape
+        assert jax.eval_shape(jax.vmap(method), jnp.stack([m, -m])).shape == (2, *shape)
+        with pytest.raises(ValueError, match="shape"):
+            jax.make_jaxpr(method)(jnp.ones(bad_shape))
+    assert jax.make_jaxpr(jax.grad(lambda a: PL2.loss(a)))(m).out_avals[0].shape == (2, 2)
+    field = jax.jit(lambda a: TT2.vector_field(a))
+    np.testing.assert_allclose(field(m), TT2.vector_field(m), rtol=1e-12)
+    assert jnp.all(jnp.isnan(field(jnp.full((2, 2), NAN))))
 
 
 def test_point_checks_hold_under_jit_vmap_and_grad():
