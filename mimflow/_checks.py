@@ -57,9 +57,18 @@ def check_range(name: str, value: Any, *, low: float, high: float = np.inf, low_
         raise ValueError(f"`{name}` must lie in {bracket}{low}, {high}], got {_short(value)}")
 
 
+def shape_of(name: str, value: Any) -> tuple[int, ...]:
+    """`np.shape(value)`; a `ValueError` naming `name` for a ragged nested sequence (NumPy's
+    own error does not say which argument it was)."""
+    try:
+        return np.shape(value)
+    except ValueError:
+        raise ValueError(f"`{name}` must be an array, got a ragged sequence {value!r:.100}") from None
+
+
 def check_shape(name: str, value: Any, shape: tuple[int, ...]) -> None:
     """Raise a `ValueError` naming `name` if `value` does not have shape `shape`."""
-    actual = np.shape(value)
+    actual = shape_of(name, value)
     if actual != shape:
         raise ValueError(f"`{name}` must have shape {shape}, got shape {actual}")
 
@@ -71,18 +80,25 @@ and JAX arrays have at most 64."""
 
 MAX_LINK_SIZE = 2**20
 """The most entries a link's Hermite tensor of degree `D` on `ℝ^k` (`k^D`) and its table
-of multi-indices (`binom(D + k − 1, D)` rows of length `k`) may hold; configs also cap
-`(D + 1)^k` and `k²` (`_config._check_link_size`)."""
+of multi-indices (`binom(D + k − 1, D)` rows of length `k`) may hold. A config accepts the
+same links, and also caps `k²`, which only binds for degree 0 (`_config._check_link_size`)."""
 
 
 def check_link_size(dim: int, degree: int, source: str) -> None:
     """Raise a `ValueError` starting with `source` (the arguments that set them) unless a
     link on `ℝ^dim` of degree `degree` fits `MAX_LINK_SIZE` (checked before building it)."""
+    if degree > MAX_DEGREE:  # before counting: binom(D + dim − 1, D) grows without bound with D
+        raise ValueError(
+            f"{source}: a link on ℝ^{dim} of degree {degree} is too large to build (a tensor has one axis "
+            f"per degree, at most {MAX_DEGREE})"
+        )
     count = math.comb(degree + dim - 1, degree)
-    if degree > MAX_DEGREE or max(dim**degree, count * dim) > MAX_LINK_SIZE:
+    if max(dim**degree, count * dim) > MAX_LINK_SIZE:
+        # a count of thousands of digits is beyond what `str` converts
+        shown = count if count < 10**30 else f"~10^{int(count.bit_length() * math.log10(2))}"
         raise ValueError(
             f"{source}: a link on ℝ^{dim} of degree {degree} is too large to build (its tensor would hold "
-            f"{dim}^{degree} entries and its multi-index table {count} × {dim}; at most 2^20 each)"
+            f"{dim}^{degree} entries and its multi-index table {shown} × {dim}; at most 2^20 each)"
         )
 
 

@@ -21,7 +21,7 @@ import jax
 import yaml
 
 from . import links
-from ._checks import MAX_DEGREE, MAX_LINK_SIZE
+from ._checks import MAX_LINK_SIZE, check_link_size
 from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
 from ._fast import AbstractRosenbrock, Rodas4, Rodas5
 from ._fits import RBF, AbstractFit, ArcCosine, HermiteFeatures, KernelRidge, Mehler, Polynomial, RandomFeatures
@@ -290,14 +290,26 @@ def _check_term(term: Any, path: str) -> dict:
 
 
 def _check_link_size(k: int, degree: int, path: str) -> None:
-    """Reject a link on `ℝ^k` of degree `D` too large to build: its tensors hold `k^D`
-    entries, its multi-index tables `(D + 1)^k` rows, its embedding `k²` entries (each at
-    most `2^20`), and a tensor has at most 64 axes (NumPy's limit)."""
-    if degree > MAX_DEGREE or k > 2**10 or max(k**degree, (degree + 1) ** k, k * k) > MAX_LINK_SIZE:
+    """Reject, before building it, a link on `ℝ^k` of degree `D` that the Python API
+    refuses (`_checks.check_link_size`: `D ≤ 64`, the tensor's `k^D` entries and the
+    multi-index table's `binom(D + k − 1, D) × k` at most `MAX_LINK_SIZE`), and one with
+    `k² > MAX_LINK_SIZE`: a catalogue link is placed on its coordinate of `ℝ^k` through
+    the `k × k` identity (`links.embed`), and the experiment's overlap is `k × k` at the
+    default `r = k`. For `D ≥ 1` the table's bound already implies `k² ≤ MAX_LINK_SIZE`;
+    the extra cap binds only for degree-0 (constant) links, where without it
+    `hermite(0, dim=2^20)` would allocate an `8 TiB` identity. `k = 0` is left to the
+    link's constructor, whose error names the parameter."""
+    if k < 1:
+        return
+    if k * k > MAX_LINK_SIZE:
         raise ConfigError(
-            f"{path}: a link on ℝ^{k} of degree {degree} is too large to build "
-            "(k^degree, (degree + 1)^k and k² must be ≤ 2^20, degree ≤ 64)"
+            f"{path}: a link on ℝ^{k} of degree {degree} is too large to build (its embedding in ℝ^{k} and "
+            f"the default r = k overlap would hold {k}² entries; at most 2^20)"
         )
+    try:
+        check_link_size(k, degree, path)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_link_spec(spec: Any, path: str) -> tuple[dict | list[dict], Link]:

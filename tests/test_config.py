@@ -2,6 +2,7 @@
 naming the field), defaults, overrides, and the commands that run no simulation
 (`mimflow links`, `mimflow theory`)."""
 
+import itertools
 import json
 import math
 import subprocess
@@ -106,6 +107,22 @@ MALFORMED = {
     "flow d not an integer": (_edit(dynamics="population", sweep={"d": [10.5]}), "sweep.d[0]", "10.5"),
     "unknown solver": (_edit(solver={"name": "euler2"}), "solver.name", "'euler2'"),
     "batch size 0": (_edit(output={"batch_size": 0}), "output.batch_size", "0"),
+    # links the Python API refuses to build (`_checks.check_link_size`), and a constant
+    # link on so large an ℝ^k that its k × k embedding would not fit (`_config._check_link_size`)
+    "link too large (staircase)": (_edit(target={"link": "staircase", "k": 8}), "target", "8^8"),
+    "link too large (degree)": (_edit(target={"link": "hermite", "degree": 40, "dim": 3}), "target", "3^40"),
+    "link too large (table)": (_edit(target={"hermite": {",".join("1" * 10): 1.0}}), "target.hermite", "10^10"),
+    "link too large (sweep)": (
+        _edit(sweep={"d": [100], "link": [{"link": "hermite", "degree": 3}, {"link": "hermite", "degree": 65}]}),
+        "sweep.link[1]",
+        "degree 65",
+    ),
+    "staircase on k = 0": (_edit(target={"link": "staircase", "k": 0}), "target.k", "0"),
+    "constant link on too large a space": (
+        _edit(target={"link": "hermite", "degree": 0, "dim": 1025}),
+        "target",
+        "1025²",
+    ),
 }
 
 
@@ -121,6 +138,35 @@ def test_malformed_config_exit_code_2_one_line_naming_the_field(case, tmp_path, 
         assert field in lines[0] and value in lines[0], lines[0]
         assert "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing written for a bad config
+
+
+def test_config_accepts_the_links_the_python_api_builds():
+    """A config refuses a link exactly when the Python API does (`check_link_size`: the
+    tensor `k^D` and the multi-index table `binom(D + k − 1, D) × k` at most 2^20), plus
+    `k² > 2^20`, which binds only for degree 0. Before, it also capped `(D + 1)^k` (left
+    from an enumeration of multi-indices since replaced), refusing `staircase(7)`
+    (`8^7 = 2^21`) and `hermite(1, dim=21)` (`2^21`), which the API builds."""
+    from mimflow._checks import MAX_LINK_SIZE, check_link_size
+    from mimflow._config import ConfigError, _check_link_size, _check_term
+
+    for k, degree in itertools.product([1, 2, 3, 7, 8, 16, 21, 100, 1024, 1025, 4096], [0, 1, 2, 3, 7, 8, 20, 64, 65]):
+        try:
+            check_link_size(k, degree, "api")
+            api = True
+        except ValueError:
+            api = False
+        try:
+            _check_link_size(k, degree, "target")
+            config = True
+        except ConfigError as error:
+            config = False
+            assert str(error).startswith("target: a link on") and "too large to build" in str(error)
+        assert config == (api and k * k <= MAX_LINK_SIZE), (k, degree, api, config)
+    # staircase(7) passes the config's checks (building it compiles for seconds: not here)
+    assert _check_term({"link": "staircase", "k": 7}, "target")["k"] == 7
+    for target in ({"link": "hermite", "degree": 1, "dim": 21}, {"link": "hermite", "degree": 2, "dim": 16}):
+        config = resolve_config(yaml.safe_load(_edit(target=target, sweep={"d": [100]})))
+        assert config["r"] == target["dim"]
 
 
 def test_python_object_is_never_constructed(tmp_path):
