@@ -73,9 +73,10 @@ def check_shape(name: str, value: Any, shape: tuple[int, ...]) -> None:
         raise ValueError(f"`{name}` must have shape {shape}, got shape {actual}")
 
 
-MAX_DEGREE = 64
-"""The highest polynomial degree of a link: a degree-`j` tensor has `j` axes, and NumPy
-and JAX arrays have at most 64."""
+MAX_DEGREE = 63
+"""The highest polynomial degree of a link: a degree-`j` tensor has `j` axes, NumPy arrays
+have at most 64, and building one enumerates its entries in an array of `j + 1` axes
+(`links.hermite(64)` failed there); a stacked batch of links (`links.stack`) adds one."""
 
 
 MAX_LINK_SIZE = 2**20

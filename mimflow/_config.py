@@ -291,20 +291,18 @@ def _check_term(term: Any, path: str) -> dict:
 
 def _check_link_size(k: int, degree: int, path: str) -> None:
     """Reject, before building it, a link on `ℝ^k` of degree `D` that the Python API
-    refuses (`_checks.check_link_size`: `D ≤ 64`, the tensor's `k^D` entries and the
+    refuses (`_checks.check_link_size`: `D ≤ 63`, the tensor's `k^D` entries and the
     multi-index table's `binom(D + k − 1, D) × k` at most `MAX_LINK_SIZE`), and one with
-    `k² > MAX_LINK_SIZE`: a catalogue link is placed on its coordinate of `ℝ^k` through
-    the `k × k` identity (`links.embed`), and the experiment's overlap is `k × k` at the
-    default `r = k`. For `D ≥ 1` the table's bound already implies `k² ≤ MAX_LINK_SIZE`;
-    the extra cap binds only for degree-0 (constant) links, where without it
-    `hermite(0, dim=2^20)` would allocate an `8 TiB` identity. `k = 0` is left to the
+    `k² > MAX_LINK_SIZE`: the experiment's overlap is `k × k` at the default `r = k`.
+    For `D ≥ 1` the table's bound already implies `k² ≤ MAX_LINK_SIZE`; the extra cap
+    binds only for degree-0 (constant) links. `k = 0` is left to the
     link's constructor, whose error names the parameter."""
     if k < 1:
         return
     if k * k > MAX_LINK_SIZE:
         raise ConfigError(
-            f"{path}: a link on ℝ^{k} of degree {degree} is too large to build (its embedding in ℝ^{k} and "
-            f"the default r = k overlap would hold {k}² entries; at most 2^20)"
+            f"{path}: a link on ℝ^{k} of degree {degree} is too large to build (the default r = k overlap "
+            f"would hold {k}² entries; at most 2^20)"
         )
     try:
         check_link_size(k, degree, path)

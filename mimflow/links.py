@@ -35,7 +35,9 @@ def embed(link: Link, dim: int, axes: tuple[int, ...] | int) -> Link:
     if len(axes) != link.dim or len(set(axes)) != len(axes) or not valid:
         raise ValueError(f"`axes` must be {link.dim} distinct indices in [0, {dim}), got {axes}")
     check_link_size(dim, link.degree, f"`link` of degree {link.degree} on `dim` = {dim}")
-    return link.transform(np.eye(dim)[:, list(axes)])
+    placement = np.zeros((dim, len(axes)))  # the columns `axes` of the identity, not all of it
+    placement[list(axes), range(len(axes))] = 1.0
+    return link.transform(placement)
 
 
 def _place(link: Link, dim: int, index: int) -> Link:
