@@ -604,15 +604,16 @@ def escape_times(trajectory: Trajectory, threshold: float = 0.5) -> Float[Array,
     it would have is unknown).
 
     For reduced trajectories the crossing is located to solver accuracy, not at the
-    nearest save. At `threshold = ESCAPE_THRESHOLD` (½) the solve itself recorded the
-    accepted step in which each singular value first passed it, and the crossing is
-    found by bisection on that step's dense output (the first step-level crossing, so a
-    brief excursion above `threshold` between two saves counts). At any other
-    threshold the flow is re-integrated from the save just before the first save above
-    it, with an event and a root find (`Kvaerno5` at the default tolerances of the
-    dtype; a second solve, compiled on first use). For d-dimensional flows (`simulate`)
-    it is interpolated linearly in `log t` between the bracketing saves (save densely
-    to resolve it).
+    nearest save. At a concrete `threshold = ESCAPE_THRESHOLD` (½) the solve itself
+    recorded the accepted step in which each singular value first passed it, and the
+    crossing is found by bisection on that step's dense output (the first step-level
+    crossing, so a brief excursion above `threshold` between two saves counts). At any
+    other threshold, or a traced one (under `jit`, `vmap` or `grad` in `threshold`), the
+    flow is re-integrated from the save just before the first save above it, with an
+    event and a root find (`Kvaerno5` at the default tolerances of the dtype; a second
+    solve, compiled on first use; at ½ it agrees with the recorded crossing to solver
+    accuracy). For d-dimensional flows (`simulate`) it is interpolated linearly in
+    `log t` between the bracketing saves (save densely to resolve it).
     Accepts a batch of trajectories (any leading axes) from `vmap`.
 
     **Returns:** `(p,)` times, or `(*batch, p)`.
