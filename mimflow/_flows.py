@@ -199,15 +199,23 @@ class AbstractFlow(eqx.Module):
     def test_loss(self, W: Float[Array, "d r"], test: Dataset, t: Float[ArrayLike, ""] = 0.0) -> Float[Array, ""]:
         """`½ mean (y − f̂(Wᵀx))²` on a held-out dataset."""
         W = self._point(W)
-        if not isinstance(test, Dataset) or test.X.shape[1] != W.shape[0]:
-            got = f"X of shape {test.X.shape}" if isinstance(test, Dataset) else type(test).__name__
-            raise ValueError(f"`test` must be a Dataset with d={W.shape[0]} columns, got {got}")
+        self.check_test(test)
         return 0.5 * jnp.mean((test.y - self.fitted(W, t)(test.X @ W)) ** 2)
 
     def _point(self, W: Float[ArrayLike, "d r"], name: str = "W") -> Float[Array, "d r"]:
         """`W` as an array; a `ValueError` naming `name` unless it has shape `(d, r)` for
         this flow and, when concrete, is finite."""
         return _as_point(W, self.target.W_star.shape[0], name)
+
+    def check_test(self, test: object, optional: bool = False) -> None:
+        """Raise a `ValueError` unless `test` is a `Dataset` with `d` columns for this flow
+        (or `None`, if `optional`)."""
+        if optional and test is None:
+            return
+        d = self.target.W_star.shape[0]
+        if not isinstance(test, Dataset) or test.X.shape[1] != d:
+            got = f"X of shape {test.X.shape}" if isinstance(test, Dataset) else type(test).__name__
+            raise ValueError(f"`test` must be {'None or ' if optional else ''}a Dataset with d={d} columns, got {got}")
 
     def check_point(self, W: ArrayLike, name: str = "W0") -> None:
         """Raise a `ValueError` naming `name` unless `W` is a point of St(d, r) for this flow:

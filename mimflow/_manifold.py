@@ -152,9 +152,7 @@ def simulate(
     flow.check_point(W0)
     max_steps = check_time_grid(t1, t_min, num_saves, max_steps)
     check_controls(solver, stepsize_controller, dt0=dt0)
-    if test is not None and (not isinstance(test, Dataset) or test.X.shape[1] != flow.target.W_star.shape[0]):
-        got = f"X of shape {test.X.shape}" if isinstance(test, Dataset) else type(test).__name__
-        raise ValueError(f"`test` must be None or a Dataset with d={flow.target.W_star.shape[0]} columns, got {got}")
+    flow.check_test(test, optional=True)
     if isinstance(flow.data, Online) and not isinstance(stepsize_controller, diffrax.ConstantStepSize):
         adaptive = "the default PIDController" if stepsize_controller is None else type(stepsize_controller).__name__
         raise ValueError(

@@ -168,7 +168,8 @@ class TwoTimescale(AbstractProblem):
         """`Ṁ = (I_k − G) B(G) M` (the Grassmann gradient flow, exact at every `d`)."""
         overlap = self._matrix(overlap)
         gram = overlap @ overlap.T
-        return (jnp.eye(self.link.dim, dtype=gram.dtype) - gram) @ self.B(gram) @ overlap
+        b = _b_matrix(self.link, self.shrinkage(), gram)  # `B(gram)`, `overlap` checked above
+        return (jnp.eye(self.link.dim, dtype=gram.dtype) - gram) @ b @ overlap
 
 
 class Planted(AbstractProblem):
@@ -199,7 +200,7 @@ class Planted(AbstractProblem):
     def vector_field(self, overlap: Float[ArrayLike, "k k"]) -> Float[Array, "k k"]:
         """`Ṁ = −Γ + ½ M (MᵀΓ + ΓᵀM)`."""
         overlap = self._matrix(overlap)
-        grad = self.gradient(overlap)
+        grad = -_b_matrix(self.link, _ones(self.link), overlap)  # `gradient`, `overlap` checked above
         return -grad + 0.5 * overlap @ (overlap.T @ grad + grad.T @ overlap)
 
 
