@@ -1,6 +1,6 @@
 """Finite-sample flow sweeps: a chunk's points mapped one after another against vmapped (issue 8).
 
-Usage: python benchmarks/flow_sweep.py [--smoke] [--out FILE.json] [--seeds 8]
+Usage: python benchmarks/flow_sweep.py [--smoke] [--out FILE.json] [--seeds 8] [--sizes N:D ...]
 
 A `FlowExperiment` (the target `h1(z1) + h3(z2)`, r = 2, label noise 0.1, t1 = 10, 16
 saves), each seed with its own dataset of `n` samples in dimension `d`, for Hermite features
@@ -29,6 +29,12 @@ parser.add_argument("--smoke", action="store_true", help="tiny sizes (CI): a few
 parser.add_argument("--out", help="write the figures as JSON to this file")
 parser.add_argument("--seeds", type=int, help="B, points per chunk (default 8 on a CPU, 64 on a GPU)")
 parser.add_argument("--reps", type=int, default=2, help="timed calls per program (the best is kept)")
+parser.add_argument(
+    "--sizes",
+    nargs="+",
+    metavar="N:D",
+    help="(n, d) pairs to run, each with both fits (default: the device's list below; e.g. 32768:64 65536:256)",
+)
 args = parser.parse_args()
 jax.config.update("jax_enable_x64", True)
 
@@ -53,6 +59,14 @@ elif on_gpu:
 else:
     cases, seeds, t1 = [("hermite", 2**11, 32), ("random", 2**11, 32), ("hermite", 2**13, 128)], 8, 10.0
 seeds = args.seeds or seeds
+if args.sizes:
+    try:
+        sizes = [tuple(int(v) for v in size.split(":")) for size in args.sizes]
+    except ValueError:
+        parser.error(f"--sizes takes N:D pairs of integers, got {args.sizes}")
+    if any(len(size) != 2 or min(size) < 1 for size in sizes):
+        parser.error(f"--sizes takes N:D pairs of positive integers, got {args.sizes}")
+    cases = [(fit, n, d) for n, d in sizes for fit in ("hermite", "random")]
 
 
 def make_fit(kind: str) -> mimflow.AbstractFit:
