@@ -511,10 +511,12 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
     only("n", dynamics == "finite-sample", "for finite-sample dynamics only")
     only("noise", dynamics == "finite-sample", "for finite-sample dynamics only")
     if dynamics == "reduced":
-        if "planted" in problems and ("ridge" in raw or "rho" in raw):
-            raise ConfigError(f"{'ridge' if 'ridge' in raw else 'rho'}: the planted problem has no ridge shrinkage")
         c["ridge"] = _number(raw.get("ridge", 0.0), "ridge", low=0)
         c["rho"] = _number(raw.get("rho", 1.0), "rho", low=0, high=1, low_open=True)
+        # the neutral values (no shrinkage) are what a resolved planted config lists
+        for key, neutral in (("ridge", 0.0), ("rho", 1.0)):
+            if "planted" in problems and c[key] != neutral:
+                raise _fail(key, f"the planted problem has no ridge shrinkage ({key} = {neutral} or unset)", raw[key])
     else:
         fit = raw.get("fit")
         c["fit"] = None if fit is None else _check_fit(fit, "fit")
@@ -636,6 +638,14 @@ def _check_sweep(sweep: dict, c: dict, k: int, problems: list[str]) -> dict:
         else:  # ridge, noise
             items = each(lambda v, p: _number(v, p, low=0))
         checked[axis] = _unique(items, path)
+    fit = c.get("fit")
+    if None in checked.get("n", []) and fit is not None and "two-timescale" in problems and not _fit_has_rho(fit):
+        index = checked["n"].index(None)
+        raise ConfigError(
+            f"sweep.n[{index}]: null (the population) has a closed form without a fit, or for a Mehler kernel "
+            f"ridge or Hermite features, got fit.kind {fit['kind']}"
+            + (f" ({fit['kernel']})" if "kernel" in fit else "")
+        )
     return checked
 
 

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from mimflow._cli import main
-from mimflow._config import build_jobs, load_config, resolve_config
+from mimflow._config import build_jobs, dump_config, load_config, resolve_config
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -92,6 +92,8 @@ MALFORMED = {
     ),
     "bad multi-index": (_edit(target={"hermite": {"1,x": 1.0}}), "target.hermite", "1,x"),
     "planted with r != k": (_edit(problem="planted", r=2), "r", "2"),
+    "planted with a ridge": (_edit(problem="planted", ridge=0.1), "ridge", "0.1"),
+    "planted with rho": (_edit(sweep={"d": [100], "problem": ["two-timescale", "planted"]}, rho=0.5), "rho", "0.5"),
     "fit for reduced": (_edit(fit={"kind": "hermite-features", "degree": 2}), "fit", "population or finite-sample"),
     "finite samples without a fit": (_edit(dynamics="finite-sample", n=100), "fit", "missing"),
     "unknown kernel": (
@@ -103,6 +105,15 @@ MALFORMED = {
         _edit(dynamics="finite-sample", n=100, fit={"kind": "kernel-ridge", "kernel": "mehler", "rho": 1.0}),
         "fit.rho",
         "1",
+    ),
+    "population in sweep.n with a fit it has no closed form for": (
+        _edit(
+            dynamics="finite-sample",
+            fit={"kind": "kernel-ridge", "kernel": "rbf"},
+            sweep={"d": [100], "n": [100, None]},
+        ),
+        "sweep.n[1]",
+        "rbf",
     ),
     "flow d not an integer": (_edit(dynamics="population", sweep={"d": [10.5]}), "sweep.d[0]", "10.5"),
     "unknown solver": (_edit(solver={"name": "euler2"}), "solver.name", "'euler2'"),
@@ -281,11 +292,15 @@ def test_theory_json_against_closed_forms(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_validate_at_both_sizes(path):
+    """Each shipped config validates at both sizes, and its resolved form (what `mimflow run`
+    writes to `DIR/config.yaml`) is itself a valid config that resolves to itself."""
     full, smoke = load_config(path), load_config(path, smoke=True)
     assert full["name"] == path.stem and full["description"]
     assert all(len(build_jobs(c)) >= 1 for c in (full, smoke))
     total = lambda c: math.prod(len(v) for v in c["sweep"].values())
     assert total(smoke) < total(full)
+    for config in (full, smoke):
+        assert resolve_config(yaml.safe_load(dump_config(config))) == config
 
 
 def test_module_entry_point_help():
