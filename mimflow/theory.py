@@ -456,6 +456,10 @@ class Comparison:
       (`constant · law(d)`, for overlaps `d^{−1/2}`; random starts add a factor of order one).
     - `agrees`: per saddle, `|slope − exponent| ≤ tolerance` for a power law, and
       `slope < log_slope_max` for a `log d` law.
+
+    Failed runs (`nan` escape times: a status other than `SUCCESS` before the direction
+    escaped) are left out of the medians, which biases them towards the runs that
+    finished; `failed` counts them and `str()` names them below the table.
     """
 
     prediction: Prediction
@@ -472,6 +476,12 @@ class Comparison:
         """Whether every saddle's measured slope agrees with its law."""
         return all(self.agrees)
 
+    @property
+    def failed(self) -> np.ndarray:
+        """Shape `(D, saddles)`: the seeds whose time on the saddle is `nan` (a failed
+        run), left out of that saddle's median at that `d`."""
+        return np.isnan(self.durations).sum(axis=1)
+
     def __str__(self) -> str:
         lines = [
             f"{'saddle':>6} {'law':>7} {'expected slope':>16} {'measured slope':>28}  "
@@ -487,6 +497,12 @@ class Comparison:
             lines.append(
                 f"{saddle.index:>6} {saddle.law:>7} {expected:>16} {measured:>28}  {cells}  "
                 f"{'agrees' if ok else 'DISAGREES'}"
+            )
+        failed = self.failed.max(axis=1) if self.failed.size else np.zeros(self.dims.size, int)
+        if np.any(failed):
+            counts = ", ".join(f"{n} at d={d:g}" for d, n in zip(self.dims, failed, strict=True) if n)
+            lines.append(
+                f"failed runs (nan escape times, left out of the medians) of {self.durations.shape[1]} seeds: {counts}"
             )
         return "\n".join(lines)
 

@@ -126,18 +126,20 @@ def test_single_index_escape_times_match_constants_at_d_1e5():
 
 def _catalogue_escapes(cat, dims, seeds=8, max_steps=4096):
     """Escape times of shape (links, dims, seeds, k) from Haar starts, one key per seed
-    shared across d (common random numbers), one compiled call."""
+    shared across d (common random numbers), one compiled call; and the runs' statuses
+    (links, dims, seeds)."""
     k = cat[0].dim
 
     def one(link, d, key):
         traj = mimflow.simulate_reduced(
             link, mimflow.sample_overlap(key, d, k, k), 1e20, num_saves=64, max_steps=max_steps
         )
-        return mimflow.escape_times(traj)
+        return mimflow.escape_times(traj), traj.status
 
     keys = jax.random.split(jax.random.PRNGKey(0), seeds)
     run = jax.vmap(jax.vmap(jax.vmap(one, (None, None, 0)), (None, 0, None)), (0, None, None))
-    return np.asarray(jax.jit(run)(links.stack(cat), jnp.asarray(dims), keys))
+    escapes, status = jax.jit(run)(links.stack(cat), jnp.asarray(dims), keys)
+    return np.asarray(escapes), np.asarray(status)
 
 
 @pytest.mark.parametrize(
@@ -151,16 +153,20 @@ def _catalogue_escapes(cat, dims, seeds=8, max_steps=4096):
             marks=pytest.mark.slow,
         ),
         pytest.param(["three-step staircase"], [1e2, 1e3, 1e4, 1e5], marks=pytest.mark.slow),
-        # d³ escapes of unlucky starts at d = 10⁵ reach t ≳ 10¹⁷, beyond float64 time resolution
-        pytest.param(["h4(z1)+h4(z2)"], [1e2, 1e3, 1e4], marks=pytest.mark.slow),  # 50 s: CI time
+        # d³ escapes: from d = 3·10³ a start with a small second singular value escapes near
+        # t = 10¹⁶, where an O(1) escape needs steps below float64's time resolution
+        # (STEP_SIZE_COLLAPSED); up to d = 10³ the slowest of these 8 escapes at 6·10¹⁴
+        pytest.param(["h4(z1)+h4(z2)"], [1e2, 2e2, 5e2, 1e3], marks=pytest.mark.slow),  # 50 s: CI time
     ],
     ids=["two-direction", "three-step", "d-cubed"],
 )
 def test_simulated_slopes_agree_with_predicted_laws(names, dims):
     """Median time on each saddle over 8 Haar starts against d: the log–log slope is
-    within ±0.15 of `s̃ − 1` for power laws and below 0.3 for `log d` saddles."""
+    within ±0.15 of `s̃ − 1` for power laws and below 0.3 for `log d` saddles. Every run
+    must succeed: `compare` drops a failed run's `nan`, which would bias the medians."""
     cat = [link for name, link, _, _ in CATALOGUE if name in names]
-    escapes = _catalogue_escapes(cat, dims)
+    escapes, status = _catalogue_escapes(cat, dims)
+    assert np.all(status == int(mimflow.Status.SUCCESS)), np.argwhere(status != int(mimflow.Status.SUCCESS))
     for link, times in zip(cat, escapes, strict=True):
         prediction = theory.predict(link)
         comparison = theory.compare(prediction, dims, times, num_bootstrap=500)
@@ -295,6 +301,43 @@ def test_fit_scaling_bootstrap_interval_against_a_numpy_loop():
         assert fit.level == level
     wide, narrow = (theory.fit_scaling(dims, times, num_bootstrap=300, level=v, seed=7).interval for v in (0.95, 0.5))
     assert wide[0] < narrow[0] < narrow[1] < wide[1]
+
+
+def test_compare_against_numpy():
+    """`compare` on synthetic escape times of `h1(z1) + h2(z2)` (saddles `log d`, then `d¹`): each saddle's slope is NumPy's least squares of the log medians of the
+    durations, `ratios` the medians over `constant · law(d)`, `agrees` the stated rule for
+    tolerances either side of the measured slope; a failed run (`nan`) is left out of the
+    medians, counted in `failed` and named below the table."""
+    rng = np.random.default_rng(3)
+    dims = np.array([1e2, 1e3, 1e4])
+    factors = rng.lognormal(0.0, 0.3, size=(2, 11))  # per seed, shared across d
+    first = 0.5 * np.log(dims)[:, None] * factors[0]
+    second = 0.5 * dims[:, None] ** 1.1 * factors[1]  # a slope of 1.1 against the law's 1
+    times = np.stack([first, first + second], axis=-1)  # (D, S, 2) escape times
+    prediction = theory.predict(h(1, 2, 0) + h(2, 2, 1))
+    assert [s.law for s in prediction.saddles] == ["log d", "d^1"]
+    durations = [first, second]
+    slopes = [np.polyfit(np.log(dims), np.log(np.median(x, axis=1)), 1)[0] for x in durations]
+    assert slopes[1] == pytest.approx(1.1, rel=1e-12)
+    comparison = theory.compare(prediction, dims, times, num_bootstrap=50)
+    np.testing.assert_allclose([f.slope for f in comparison.fits], slopes, rtol=1e-12)
+    laws = [0.5 * np.log(dims), 0.25 * dims]  # DESIGN §2: ½ log d, then d^{s̃−1}/(2 s̃ (s̃ − 1)) = d/4
+    np.testing.assert_allclose([s.time(dims) for s in prediction.saddles], laws, rtol=1e-12)
+    expected = np.stack([np.median(x, axis=1) / law for x, law in zip(durations, laws, strict=True)], axis=-1)
+    np.testing.assert_allclose(comparison.ratios, expected, rtol=1e-12)
+    for tolerance, log_slope_max in [(0.15, 0.3), (0.05, 0.3), (0.15, slopes[0] - 1e-3), (0.15, slopes[0] + 1e-3)]:
+        agrees = theory.compare(
+            prediction, dims, times, tolerance=tolerance, log_slope_max=log_slope_max, num_bootstrap=10
+        ).agrees
+        assert agrees == (slopes[0] < log_slope_max, abs(slopes[1] - 1.0) <= tolerance)
+    assert not np.any(comparison.failed) and "failed" not in str(comparison)
+    failed = times.copy()
+    failed[2, 4, 1] = np.nan  # the second direction of seed 4 at d = 10⁴ never finished
+    comparison = theory.compare(prediction, dims, failed, num_bootstrap=50)
+    np.testing.assert_array_equal(comparison.failed, [[0, 0], [0, 0], [0, 1]])
+    kept = np.delete(second[2], 4)
+    assert comparison.ratios[2, 1] == pytest.approx(np.median(kept) / laws[1][2], rel=1e-12)
+    assert "failed runs" in str(comparison) and "1 at d=10000" in str(comparison)
 
 
 def test_saddle_durations_from_escape_times():
