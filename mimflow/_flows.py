@@ -89,6 +89,7 @@ class Target(eqx.Module):
     def __init__(self, link: Link, W_star: Float[ArrayLike, "d k"], noise: float = 0.0):
         if not isinstance(link, Link):
             raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
+        link._check_single("Target")
         check_finite("W_star", W_star)
         W_star = jnp.asarray(W_star, dtype=float)
         if W_star.ndim != 2 or W_star.shape[1] != link.dim or W_star.shape[0] < link.dim:

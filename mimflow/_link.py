@@ -216,16 +216,28 @@ class Link(eqx.Module):
         """The largest degree `D` stored."""
         return max(self.tensors)
 
+    def _check_single(self, method: str) -> None:
+        """Raise a `ValueError` if this is a stacked batch of links (`links.stack`), whose
+        tensors carry a leading batch axis: `method` takes one link (vmap over the batch)."""
+        if any(np.ndim(t) != j for j, t in self.tensors.items()):
+            raise ValueError(
+                f"`{method}` takes a single `link`, not a stacked batch (vmap over mimflow.links.stack), "
+                f"got tensors of shapes {[np.shape(t) for t in self.tensors.values()]}"
+            )
+
     def norm2(self) -> Float[Array, ""]:
         """`‖f‖² = E f(z)² = Σ_j ‖T_j‖_F²` for `z ~ N(0, I_k)`."""
+        self._check_single("Link.norm2")
         return sum(jnp.sum(t**2) for t in self.tensors.values())
 
     def coefficients(self) -> dict[int, Float[Array, " count"]]:
         """`{degree j: c_α for α in multi_indices(k, j)}`, the Hermite coefficients."""
+        self._check_single("Link.coefficients")
         return {j: tensor_to_coefficients(t, self.dim) for j, t in self.tensors.items()}
 
     def __call__(self, z: Float[ArrayLike, "*batch k"]) -> Float[Array, "*batch"]:
         """Evaluate `f(z)` for `z` of shape `(*batch, k)`."""
+        self._check_single("Link.__call__")
         check_finite("z", z)
         z = jnp.asarray(z)
         if z.ndim == 0 or z.shape[-1] != self.dim:
@@ -249,6 +261,7 @@ class Link(eqx.Module):
         """The link `z ↦ f(Aᵀ z)` on `ℝ^m`, for `A` of shape `(m, k)` with orthonormal
         columns (a rotation when `m = k`, an embedding when `m > k`); its tensors are
         `A^{⊗j} T_j`."""
+        self._check_single("Link.transform")
         check_finite("matrix", matrix)
         matrix = jnp.asarray(matrix, dtype=float)
         if matrix.ndim != 2 or matrix.shape[1] != self.dim or matrix.shape[0] < self.dim:

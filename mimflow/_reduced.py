@@ -68,8 +68,7 @@ class AbstractProblem(eqx.Module):
     def __check_init__(self):
         if not isinstance(self.link, Link):
             raise ValueError(f"`link` must be a mimflow.Link, got {type(self.link).__name__}")
-        if any(np.ndim(t) != j for j, t in self.link.tensors.items()):
-            raise ValueError("`link` must be a single link, not a stacked batch (vmap over mimflow.links.stack)")
+        self.link._check_single(type(self).__name__)
 
     def loss(self, overlap: Float[Array, "k r"]) -> Float[Array, ""]:
         """The population loss as a function of `M`."""
@@ -208,6 +207,18 @@ def _ones(link: Link) -> dict[int, float]:
     return dict.fromkeys(link.tensors, 1.0)
 
 
+def _same_link(a: Link, b: Link) -> bool:
+    """Whether two links are the same function (`True` when either is traced: not checked)."""
+    if a is b:
+        return True
+    if a.dim != b.dim:
+        return False
+    if not is_concrete((a.tensors, b.tensors)):
+        return True
+    full = lambda link, j: np.broadcast_to(np.asarray(link.tensors.get(j, 0.0)), (link.dim,) * j)
+    return all(np.array_equal(full(a, j), full(b, j)) for j in set(a.tensors) | set(b.tensors))
+
+
 def make_problem(
     link: Link | AbstractProblem,
     problem: ProblemName | AbstractProblem = "two-timescale",
@@ -217,12 +228,21 @@ def make_problem(
 ) -> AbstractProblem:
     """The problem object for `link`: `TwoTimescale(link, ridge, rho)` or `Planted(link)`.
 
-    A problem object passed as `link` or `problem` is returned unchanged.
+    A problem object passed as `link` or `problem` is returned unchanged; `ridge` and
+    `rho` beside it, or a `link` that is not its link, raise a `ValueError` (they would
+    be ignored).
     """
-    if isinstance(link, AbstractProblem):
-        return link
-    if isinstance(problem, AbstractProblem):
-        return problem
+    given = link if isinstance(link, AbstractProblem) else problem if isinstance(problem, AbstractProblem) else None
+    if given is not None:
+        # the problem object carries its link and shrinkage: other values would be ignored
+        if not is_concrete((ridge, rho)) or ridge != 0.0 or rho != 1.0:
+            raise ValueError(
+                f"`ridge` and `rho` are set on the problem object ({type(given).__name__}(link, ridge, rho)), "
+                f"got ridge={ridge}, rho={rho} beside one"
+            )
+        if isinstance(link, Link) and not _same_link(link, given.link):
+            raise ValueError(f"`link` differs from the link of `problem` ({type(given).__name__}): pass one of them")
+        return given
     if not isinstance(link, Link):
         raise ValueError(f"`link` must be a mimflow.Link, got {type(link).__name__}")
     if problem == "two-timescale":

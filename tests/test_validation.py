@@ -349,6 +349,20 @@ SIMULATE = [
 REDUCED_PROBLEMS = [
     ("make-problem-link", lambda: mf.make_problem("h2"), ["`link`", "str"]),
     ("make-problem-problem", lambda: mf.make_problem(H2, "flat"), ["`problem`", "'flat'"]),
+    # a problem object carries its link and shrinkage: values beside it would be ignored
+    ("make-problem-ridge-beside-object", lambda: mf.make_problem(mf.TwoTimescale(H2), ridge=5.0), ["`ridge`", "5.0"]),
+    ("reduced-loss-rho-beside-object", lambda: mf.reduced_loss(H2, M, mf.TwoTimescale(H2), rho=0.5), ["`rho`", "0.5"]),
+    (
+        "reduced-loss-other-link",
+        lambda: mf.reduced_loss(links.hermite(3), M, mf.TwoTimescale(H2)),
+        ["`link`", "differs"],
+    ),
+    ("predict-ridge-beside-object", lambda: theory.predict(mf.Planted(H2), ridge=0.1), ["`ridge`", "0.1"]),
+    ("link-norm2-stacked", lambda: links.stack([H2, H2]).norm2(), ["Link.norm2", "stacked"]),
+    ("link-call-stacked", lambda: links.stack([H2, H2])(jnp.ones((3, 1))), ["Link.__call__", "stacked"]),
+    ("link-coefficients-stacked", lambda: links.stack([H2, H2]).coefficients(), ["Link.coefficients", "stacked"]),
+    ("link-embed-stacked", lambda: links.embed(links.stack([H2, H2]), 2, 0), ["Link.transform", "stacked"]),
+    ("target-stacked", lambda: mf.Target(links.stack([H2, H2]), W), ["Target", "stacked"]),
     ("two-timescale-ridge", lambda: mf.TwoTimescale(H2, -1.0), ["`ridge`", "-1"]),
     ("two-timescale-rho", lambda: mf.TwoTimescale(H2, rho=1.5), ["`rho`", "1.5"]),
     ("two-timescale-max-degree", lambda: mf.TwoTimescale(H2, max_degree=-1), ["`max_degree`", "-1"]),
@@ -620,6 +634,17 @@ def test_point_checks_hold_under_jit_vmap_and_grad():
     assert jnp.all(jnp.isfinite(jax.grad(FLOW.loss)(W)))
     fitted = mf.KernelRidge(mf.RBF()).fit(Z2, Y)
     np.testing.assert_allclose(jax.jit(lambda z: fitted(z))(Z2), fitted(Z2), rtol=1e-12)
+
+
+def test_problem_object_beside_its_own_link():
+    """A problem object beside the same link (also padded with zero degrees, or traced) is
+    accepted: `½(1 − m⁴)` for `h2` at `m = 0.1`, the two-timescale loss (DESIGN §2)."""
+    expected = 0.5 * (1 - 0.1**4)
+    problem = mf.TwoTimescale(H2)
+    assert float(mf.reduced_loss(H2, M, problem)) == pytest.approx(expected, rel=1e-14)
+    assert float(mf.reduced_loss(H2.with_degrees([0, 1, 3]), M, problem)) == pytest.approx(expected, rel=1e-14)
+    traced = jax.jit(lambda c: mf.reduced_loss(H2 * c, M, mf.TwoTimescale(H2 * c)))(1.0)
+    assert float(traced) == pytest.approx(expected, rel=1e-14)
 
 
 def test_link_checks_skip_traced_tensors():
