@@ -21,7 +21,7 @@ import jax
 import yaml
 
 from . import links
-from ._checks import MAX_LINK_SIZE, check_link_size
+from ._checks import MAX_DEGREE, MAX_LINK_SIZE, check_link_size
 from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
 from ._fast import AbstractRosenbrock, Rodas4, Rodas5
 from ._fits import RBF, AbstractFit, ArcCosine, HermiteFeatures, KernelRidge, Mehler, Polynomial, RandomFeatures
@@ -241,7 +241,8 @@ def _multi_index(key: Any, path: str) -> tuple[int, ...]:
         parts = [p for p in re.split(r"[\s,]+", key.strip().strip("()[]")) if p]
     else:
         parts = []
-    if not parts or not all(p.isdigit() for p in parts):
+    # ASCII digits only: `str.isdigit` also accepts '²', which `int` refuses
+    if not parts or not all(re.fullmatch(r"[0-9]+", p) for p in parts):
         raise _fail(path, "keys must be multi-indices of integers ≥ 0 such as '1,0'", key)
     return tuple(int(p) for p in parts)
 
@@ -256,10 +257,16 @@ def _check_term(term: Any, path: str) -> dict:
         table = term["hermite"]
         if not isinstance(table, dict) or not table:
             raise _fail(f"{path}.hermite", "must be a non-empty mapping of multi-index → coefficient", table)
-        coefficients = {}
+        coefficients, spellings = {}, {}
         for key, value in table.items():
-            alpha = _multi_index(key, f"{path}.hermite")
-            coefficients[",".join(map(str, alpha))] = _as_float(value, f"{path}.hermite[{key!r}]")
+            alpha = ",".join(map(str, _multi_index(key, f"{path}.hermite")))
+            if alpha in spellings:  # '1,0', '1, 0', '(1,0)' and '01 0' are one multi-index
+                raise ConfigError(
+                    f"{path}.hermite: {spellings[alpha]!r} and {key!r} name the same multi-index ({alpha}); "
+                    f"give each coefficient once"
+                )
+            spellings[alpha] = key
+            coefficients[alpha] = _as_float(value, f"{path}.hermite[{key!r}]")
         lengths = {len(a.split(",")) for a in coefficients}
         if len(lengths) != 1:
             raise _fail(f"{path}.hermite", "multi-indices must all have the same length k", list(table))
@@ -436,7 +443,8 @@ def _check_fit(fit: Any, path: str) -> dict:
         _mapping(fit, path, ["kind", "degree", "ridge", "rho"], required=["degree"])
         return {
             "kind": kind,
-            "degree": _number(fit["degree"], f"{path}.degree", low=0, integer=True),
+            # the highest polynomial degree, as for links (`_checks.MAX_DEGREE`)
+            "degree": _number(fit["degree"], f"{path}.degree", low=0, high=MAX_DEGREE, integer=True),
             "ridge": _number(fit.get("ridge", 0.0), f"{path}.ridge", low=0),
             "rho": _number(fit.get("rho", 1.0), f"{path}.rho", low=0, high=1, low_open=True),
         }
@@ -473,6 +481,8 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
     name = raw.get("name", "experiment")
     if not isinstance(name, str) or not re.fullmatch(r"[\w.-]+", name):
         raise _fail("name", "must be a name of letters, digits, '.', '_' or '-'", name)
+    if re.fullmatch(r"\.+", name):  # results/.. would be the current directory
+        raise _fail("name", "must not be made of dots only (the output directory is results/<name>)", name)
     c["name"] = name
     description = raw.get("description", "")
     if not isinstance(description, str):
@@ -497,6 +507,8 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
             "sweep.problem",
         )
     c["r"] = r = _number(raw.get("r", k), "r", low=1, integer=True)
+    if k * r > MAX_LINK_SIZE:  # as the links' k² cap (`_check_link_size`)
+        raise _fail("r", f"must be ≤ 2^20 / k (k = {k}): the k × r overlap would hold more than 2^20 entries", r)
     if "planted" in problems and r != k:
         raise _fail("r", f"the planted problem needs r = k = {k}", r)
 
@@ -543,7 +555,9 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
     t_min = _number(time.get("t_min", 1e-2), "time.t_min", low=0, low_open=True)
     c["time"] = {
         "t1": _number(time["t1"], "time.t1", low=t_min, low_open=True),
-        "num_saves": _number(time.get("num_saves", 64 if flows else 128), "time.num_saves", low=2, integer=True),
+        "num_saves": _number(
+            time.get("num_saves", 64 if flows else 128), "time.num_saves", low=2, high=MAX_SAVES, integer=True
+        ),
         "t_min": t_min,
     }
     solver = _mapping(raw.get("solver") or {}, "solver", ["name", "rtol", "atol", "max_steps"])
@@ -577,6 +591,8 @@ def resolve_config(raw: Mapping[str, Any]) -> dict:
         if raw.get("d") is None:
             raise ConfigError("d: missing (set d, or sweep it under sweep.d)")
         c["d"] = _check_d(raw["d"], "d", k, r, flows)
+    if dynamics == "finite-sample":
+        _check_memory(c, r)
     smoke = raw.get("smoke", {})
     _check_smoke(smoke)
     c["smoke"] = smoke
@@ -587,7 +603,65 @@ def _check_d(value: Any, path: str, k: int, r: int, integer: bool) -> float | in
     d = _number(value, path, integer=integer)
     if d < k + r:
         raise _fail(path, f"must be ≥ k + r = {k + r} (k = {k}, r = {r})", value)
+    if integer and d > MAX_FLOW_D:
+        raise _fail(
+            path, "must be ≤ 2^24 for a flow (d is carried as a float, exact in float32 only up to 2^24)", value
+        )
+    if integer and 8 * d * r > MAX_BYTES:
+        raise _fail(path, f"too large for r = {r}: W (d × r) would hold more than 2^40 bytes (1 TiB)", value)
     return d
+
+
+MAX_SAVES = 2**20
+"""The most saves `time.num_saves` (each point's loss, singular values and overlap are kept at every save)."""
+MAX_FLOW_D = 2**24
+"""The largest `d` of a flow: the compiled sweep carries `d` as a float, which float32 holds
+exactly only up to `2^24`."""
+MAX_BYTES = 2**40
+"""The largest array a config may ask for (1 TiB in float64): the data `X` (`n × d`), a kernel ridge's `n × n`
+Gram matrix and a feature fit's `n × p` design; larger ones cannot fit in any device's memory."""
+
+
+def _check_memory(c: dict, r: int) -> None:
+    """Refuse a finite-sample config whose arrays could not fit in memory (`MAX_BYTES`): `X` of
+    `n × d` (largest `n`, largest `d`), a kernel ridge's `n × n` Gram matrix, a feature fit's
+    `n × p` design (random features: `p = num_features`; Hermite features: `p = binom(D + r, r)`)."""
+    if "n" in c["sweep"]:
+        ns = [(f"sweep.n[{i}]", n) for i, n in enumerate(c["sweep"]["n"]) if n is not None]
+    else:
+        ns = [("n", c["n"])]
+    if not ns:
+        return
+    path, n = max(ns, key=lambda item: item[1])
+    d = int(max(c["sweep"]["d"] if "d" in c["sweep"] else [c["d"]]))
+    limit = "would hold more than 2^40 bytes (1 TiB), which cannot fit in memory"
+    if 8 * n * d > MAX_BYTES:
+        raise _fail(path, f"too many samples: the n × d data matrix (d = {d}) {limit}", n)
+    fit = c.get("fit")
+    if fit is None:
+        return
+    if fit["kind"] == "kernel-ridge" and 8 * n * n > MAX_BYTES:
+        raise _fail(path, f"too many samples for a kernel ridge: its n × n Gram matrix {limit}", n)
+    if fit["kind"] == "random-features" and 8 * n * fit["num_features"] > MAX_BYTES:
+        raise _fail(
+            "fit.num_features",
+            f"too many features: the n × p design (n = {n}) {limit}",
+            fit["num_features"],
+        )
+    if fit["kind"] == "hermite-features":
+        degree, p = fit["degree"], math.comb(fit["degree"] + r, r)
+        if math.comb(degree + r - 1, degree) * r > MAX_LINK_SIZE:  # what `multi_indices` lists, per degree
+            raise _fail(
+                "fit.degree",
+                f"too high for Hermite features on ℝ^r (r = {r}): more than 2^20 multi-index entries to list",
+                degree,
+            )
+        if 8 * n * p > MAX_BYTES:
+            raise _fail(
+                "fit.degree",
+                f"too many features: the n × p design of {p} features (r = {r}, n = {n}) {limit}",
+                fit["degree"],
+            )
 
 
 def _check_sweep(sweep: dict, c: dict, k: int, problems: list[str]) -> dict:

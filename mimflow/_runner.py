@@ -8,13 +8,17 @@ DIR/summary.json    escape times per saddle, fitted slopes, predicted laws
 DIR/figures/*.png   loss, singular values, escape times against d
 DIR/partial/        finished chunks of an unfinished run (removed at the end)
 ```
+
+Only these names are ever written or removed, and only in a directory that is new, holds
+none of them, or holds a run (`config.yaml` written by `mimflow run`): files of other
+programs that happen to have these names are never replaced.
 """
 
 import hashlib
 import json
 import math
 import os
-import shutil
+import re
 import struct
 import sys
 import tempfile
@@ -27,7 +31,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from ._config import STATIC_AXES, ConfigError, build_jobs, dump_config, link_label
+from ._config import _TOP, STATIC_AXES, ConfigError, build_jobs, dump_config, link_label, resolve_config
 from ._plot import figures
 from ._progress import Progress
 from ._report import summarize
@@ -36,6 +40,9 @@ from ._sweep import SweepPlan
 __all__ = ["run_config", "load_results", "save_figures", "RESULTS", "SUMMARY", "CONFIG"]
 
 RESULTS, SUMMARY, CONFIG, PARTIAL, FIGURES = "results.nc", "summary.json", "config.yaml", "partial", "figures"
+# the files a run writes in PARTIAL and FIGURES (regular expressions of their names)
+_CHUNKS, _META = r"job\d{3,}-chunk\d{5,}\.npz", r"meta\.json"  # `_compute`
+_PNGS = r"(loss|singular_values|escape_times)\.png"  # `save_figures` of `_plot.figures`
 _ENGINE = "scipy"  # netCDF3 64-bit offset: written by scipy, with no HDF5 or netCDF C library
 
 
@@ -119,11 +126,80 @@ def save_figures(results: xr.Dataset, summary: dict, directory: str | Path) -> l
     return paths
 
 
+def _temporary(pattern: str) -> str:
+    """The names of the temporary files `atomic_write` makes for the names `pattern`."""
+    return rf"\.(?:{pattern})\..+\.tmp"
+
+
+def _own_files(directory: Path, pattern: str) -> list[Path]:
+    """The files (not folders) of `directory` whose names match the regular expression `pattern`."""
+    if not directory.is_dir():
+        return []
+    return [path for path in directory.iterdir() if re.fullmatch(pattern, path.name) and not path.is_dir()]
+
+
+def _remove_own(directory: Path, pattern: str) -> None:
+    """Remove the files of `directory` named by `pattern` and their temporary files, then
+    `directory` itself if that left it empty (otherwise it holds files mimflow did not write)."""
+    for path in _own_files(directory, rf"{pattern}|{_temporary(pattern)}"):
+        path.unlink(missing_ok=True)
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
+
+
 def _clear(out: Path) -> None:
+    """Remove what a run wrote in `out` (and nothing else); `config.yaml` last, so that a
+    clear cut short leaves a directory still recognised as a run's."""
+    _remove_own(out / PARTIAL, f"{_META}|{_CHUNKS}")
+    _remove_own(out / FIGURES, _PNGS)
     for name in (RESULTS, SUMMARY, CONFIG):
         (out / name).unlink(missing_ok=True)
-    for name in (PARTIAL, FIGURES):
-        shutil.rmtree(out / name, ignore_errors=True)
+
+
+def _is_run_config(stored: Any) -> bool:
+    """Whether `stored` (a parsed `config.yaml`) is a config written by `mimflow run`."""
+    return (
+        isinstance(stored, dict)
+        and {"name", "target", "time", "solver", "output", "sweep"} <= stored.keys()
+        and set(stored) <= set(_TOP)
+        and isinstance(stored["output"], dict)
+    )
+
+
+def _previous_run(out: Path) -> dict | None:
+    """The identity of the run whose files are in `out` (`_identity`), `None` if `out` holds
+    none of the names a run writes; a `ConfigError` if it holds some that no run wrote
+    there (they would be replaced or removed)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ConfigError(f"output.dir: {out} exists and is not a directory")
+    stored = out / CONFIG
+    foreign = f"choose another --out (mimflow replaces only files it wrote; {out} is left as it is)"
+    if stored.exists():
+        try:
+            previous = _stored_config(stored)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            previous = None
+        if not _is_run_config(previous):
+            raise ConfigError(f"output.dir: {stored} is not a config written by `mimflow run`; {foreign}")
+        return _identity(previous)
+    present = [name for name in (SUMMARY, PARTIAL, FIGURES) if (out / name).exists()]
+    if present:
+        raise ConfigError(f"output.dir: {out} holds {', '.join(present)} but no {CONFIG} of a run; {foreign}")
+    if (out / RESULTS).exists():
+        # a finished run's results.nc alone (copied): its attributes hold its config
+        try:
+            previous = yaml.safe_load(load_results(out).attrs.get("config", ""))
+        except (ConfigError, yaml.YAMLError):
+            previous = None
+        if not _is_run_config(previous):
+            raise ConfigError(f"output.dir: {out / RESULTS} is not the results of a `mimflow run`; {foreign}")
+        previous.setdefault("precision", "float64")
+        return _identity(previous)
+    return None
 
 
 def _coordinate(axis: str, value: Any) -> Any:
@@ -173,7 +249,7 @@ def _compute(config: dict, out: Path, progress: bool | None, stream: TextIO) -> 
     jobs = build_jobs(config)
     partial = out / PARTIAL
     partial.mkdir(parents=True, exist_ok=True)
-    for leftover in partial.glob(".*.tmp"):
+    for leftover in _own_files(partial, _temporary(f"{_META}|{_CHUNKS}")):
         leftover.unlink()
     digest = hashlib.sha256(dump_config(_identity(config)).encode()).hexdigest()
     meta_path = partial / "meta.json"
@@ -197,7 +273,7 @@ def _compute(config: dict, out: Path, progress: bool | None, stream: TextIO) -> 
     if meta is not None and [plan.batch_size for plan in plans] != meta["batch_sizes"]:
         meta = None  # other devices: the chunks would not line up
     if meta is None:
-        for chunk in partial.glob("*.npz"):
+        for chunk in _own_files(partial, _CHUNKS):
             chunk.unlink()
         _write_text(meta_path, json.dumps({"config": digest, "batch_sizes": [p.batch_size for p in plans]}))
     paths = [[partial / f"job{j:03d}-chunk{i:05d}.npz" for i in range(p.num_chunks)] for j, p in enumerate(plans)]
@@ -223,7 +299,7 @@ def _compute(config: dict, out: Path, progress: bool | None, stream: TextIO) -> 
         bar.close()
     results = _combine(config, jobs, datasets)
     atomic_write(out / RESULTS, lambda tmp: results.to_netcdf(tmp, engine=_ENGINE))
-    shutil.rmtree(partial)
+    _remove_own(partial, f"{_META}|{_CHUNKS}")
     return load_results(out)
 
 
@@ -254,15 +330,16 @@ def run_config(
     """
     if not isinstance(config, dict) or not {"name", "target", "time", "solver", "output", "sweep"} <= config.keys():
         raise ConfigError(f"`config` must be a resolved config (load_config(path)), got {config!r:.80}")
+    # validated again (a resolved config resolves to itself): an edited dict is checked like a file
+    config = resolve_config(config)
     stream = sys.stderr if stream is None else stream
     out = Path(config["output"]["dir"])
     text = dump_config(config)
     stored = out / CONFIG
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"output.dir: {out} exists and is not a directory")
+    previous = _previous_run(out)  # refuses a directory holding files mimflow did not write
     if overwrite:
         _clear(out)
-    elif stored.exists() and (where := _difference(_identity(_stored_config(stored)), _identity(config))):
+    elif previous is not None and (where := _difference(previous, _identity(config))):
         raise ConfigError(
             f"output.dir: {out} holds a run of a different config (it differs at {where}); "
             f"pass --overwrite to replace it, or choose another --out"

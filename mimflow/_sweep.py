@@ -4,7 +4,8 @@ over every device (DESIGN §4, `sweep`)."""
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from numbers import Integral
 
 import equinox as eqx
 import jax
@@ -198,6 +199,26 @@ def _dataset(experiment: AbstractExperiment, axes, arrays: dict[str, np.ndarray]
     return xr.Dataset(data, coords=coords, attrs=attrs)
 
 
+def _check_devices(devices: Iterable[jax.Device] | None) -> list[jax.Device]:
+    """`devices` as a non-empty list of distinct `jax.Device`s (default: `jax.devices()`);
+    a `ValueError` naming `devices` otherwise."""
+    if devices is None:
+        return list(jax.devices())
+    if isinstance(devices, jax.Device):
+        raise ValueError(f"`devices` must be a list of jax.Device, got the single device {devices} (write [device])")
+    if isinstance(devices, str | bytes) or not isinstance(devices, Iterable):
+        raise ValueError(f"`devices` must be a list of jax.Device (e.g. jax.devices()), got {devices!r:.80}")
+    devices = list(devices)
+    if not devices:
+        raise ValueError("`devices` is empty")
+    for i, device in enumerate(devices):
+        if not isinstance(device, jax.Device):
+            raise ValueError(f"`devices[{i}]` must be a jax.Device (e.g. jax.devices()[0]), got {device!r:.80}")
+        if device in devices[:i]:
+            raise ValueError(f"`devices[{i}]` repeats {device}: each device may be listed once")
+    return devices
+
+
 class SweepPlan:
     """A sweep cut into chunks that can be run one at a time, in any order and in any
     process, each giving the same numbers (used by `sweep`, and by `mimflow run` to
@@ -233,9 +254,7 @@ class SweepPlan:
         check_range("escape_threshold", escape_threshold, low=0.0, high=1.0, low_open=True)
         self.axes = check_grid(axes)
         experiment.check_axes(self.axes)
-        devices = list(jax.devices() if devices is None else devices)
-        if not devices:
-            raise ValueError("`devices` is empty")
+        devices = _check_devices(devices)
         self.experiment, self.escape_threshold = experiment, escape_threshold
         self.mesh = Mesh(np.array(devices), (_BATCH,)) if len(devices) > 1 else None
         self.total = math.prod(len(values) for values in self.axes.values())
@@ -253,8 +272,9 @@ class SweepPlan:
 
     def run_chunk(self, index: int) -> dict[str, np.ndarray]:
         """The outputs of chunk `index` (points `index · batch_size` onwards, in grid order)."""
-        if not 0 <= index < self.num_chunks:
-            raise ValueError(f"chunk `index` must lie in [0, {self.num_chunks}), got {index}")
+        if isinstance(index, bool) or not isinstance(index, Integral) or not 0 <= index < self.num_chunks:
+            raise ValueError(f"chunk `index` must be an integer in [0, {self.num_chunks}), got {index!r:.80}")
+        index = int(index)
         outputs = _gather(_run(*self._chunk_arguments(index)))
         return {name: values[: self.batch_size] for name, values in outputs.items()}
 
@@ -272,6 +292,8 @@ class SweepPlan:
 
     def dataset(self, chunks: Sequence[Mapping[str, np.ndarray]]) -> xr.Dataset:
         """The labelled dataset from the outputs of every chunk, in order."""
+        if isinstance(chunks, str | bytes | Mapping) or not isinstance(chunks, Sequence):
+            raise ValueError(f"`chunks` must be a list of the outputs of run_chunk, got {type(chunks).__name__}")
         if len(chunks) != self.num_chunks:
             raise ValueError(f"`chunks` must hold all {self.num_chunks} chunks, got {len(chunks)}")
         arrays = {name: np.concatenate([chunk[name] for chunk in chunks])[: self.total] for name in chunks[0]}

@@ -134,6 +134,52 @@ MALFORMED = {
         "target",
         "1025²",
     ),
+    # two spellings of one multi-index: one coefficient was silently dropped
+    "same multi-index twice": (
+        _edit(target={"hermite": {"1,0": 1.0, "(0,3)": 1.0, "0 3": 5.0}}),
+        "target.hermite",
+        "'0 3'",
+    ),
+    "same multi-index twice (sweep)": (
+        _edit(target={"hermite": {"1,0": 1.0}}, sweep={"d": [100], "link": [{"hermite": {"0,1": 1.0, "0, 01": 2.0}}]}),
+        "sweep.link[0].hermite",
+        "'0, 01'",
+    ),
+    "non-ASCII digit in a multi-index": (_edit(target={"hermite": {"1,²": 1.0}}), "target.hermite", "'1,²'"),
+    # results/.. and results/. are not directories of their own (--overwrite cleared them)
+    "name ..": (_edit(name=".."), "name", "'..'"),
+    "name .": (_edit(name="."), "name", "'.'"),
+    # sizes that cannot fit in memory (were tracebacks, or accepted)
+    "too many saves": (_edit(time={"t1": 1e6, "num_saves": 1e30}), "time.num_saves", "1e+30"),
+    "too many directions": (_edit(r=2**21), "r", "2097152"),
+    "flow d too large": (_edit(dynamics="population", sweep={"d": [8, 1e9]}), "sweep.d[1]", "1000000000"),
+    "too many samples": (
+        _edit(dynamics="finite-sample", n=1e12, fit={"kind": "hermite-features", "degree": 3}, sweep={"d": [8]}),
+        "n",
+        "1000000000000",
+    ),
+    "too many samples for a kernel ridge": (
+        _edit(
+            dynamics="finite-sample", fit={"kind": "kernel-ridge", "kernel": "rbf"}, sweep={"d": [8], "n": [10, 1e6]}
+        ),
+        "sweep.n[1]",
+        "1000000",
+    ),
+    "too many random features": (
+        _edit(dynamics="finite-sample", n=1000, fit={"kind": "random-features", "num_features": 1e9}, sweep={"d": [8]}),
+        "fit.num_features",
+        "1000000000",
+    ),
+    "Hermite features of too high a degree": (
+        _edit(dynamics="finite-sample", n=100, fit={"kind": "hermite-features", "degree": 1e6}, sweep={"d": [8]}),
+        "fit.degree",
+        "1000000",
+    ),
+    "Hermite features of too many multi-indices": (
+        _edit(dynamics="finite-sample", n=100, r=5, fit={"kind": "hermite-features", "degree": 63}, sweep={"d": [8]}),
+        "fit.degree",
+        "63",
+    ),
 }
 
 
@@ -180,6 +226,29 @@ def test_config_accepts_the_links_the_python_api_builds():
     for target in ({"link": "hermite", "degree": 1, "dim": 21}, {"link": "hermite", "degree": 2, "dim": 16}):
         config = resolve_config(yaml.safe_load(_edit(target=target, sweep={"d": [100]})))
         assert config["r"] == target["dim"]
+
+
+def test_run_config_validates_an_edited_config(tmp_path):
+    """`run_config` resolves its config again: a resolved config edited in Python is
+    checked like a file (were KeyErrors, or a float16 run that computed in float32),
+    before anything is written."""
+    from mimflow._config import ConfigError
+    from mimflow._runner import run_config
+
+    out = tmp_path / "out"
+    config = load_config(_write(tmp_path, BASE), out=str(out))
+    edits = {
+        "target": ("target", {"link": "foo"}, "target.link"),
+        "solver": ("solver", {**config["solver"], "name": "rk4"}, "solver.name"),
+        "dynamics": ("dynamics", "foo", "dynamics"),
+        "precision": ("precision", "float16", "precision"),
+        "name": ("name", "..", "name"),
+        "num_saves": ("time", {**config["time"], "num_saves": 10**30}, "time.num_saves"),
+    }
+    for key, value, field in edits.values():
+        with pytest.raises(ConfigError, match=f"^{field}:"):
+            run_config({**config, key: value}, progress=False)
+    assert not out.exists()
 
 
 def test_python_object_is_never_constructed(tmp_path):

@@ -268,3 +268,81 @@ def test_python_api_as_in_the_readme(reference, tmp_path):
     assert set(mimflow.figures(results, mimflow.summarize(results))) == {"loss", "singular_values", "escape_times"}
     with pytest.raises(mimflow.ConfigError, match="sweep.seed"):
         mimflow.load_config(QUICKSTART, ["sweep.seed=-1"])
+
+
+def test_output_directory_with_files_mimflow_did_not_write(tmp_path, capsys):
+    """`mimflow run --out DIR` never replaces or removes files it did not write: a
+    directory holding `summary.json` or `figures/` without a run's `config.yaml`, or a
+    `config.yaml` of another program, is refused (exit 2, naming output.dir), with or
+    without --overwrite. In a run's directory, --overwrite removes only the run's files
+    (before, `--out .` with --overwrite deleted ./figures and ./partial whole)."""
+    from mimflow._config import dump_config
+    from mimflow._runner import _clear
+
+    config = tmp_path / "small.yaml"
+    config.write_text(SMALL)
+    mine = tmp_path / "mine"
+    (mine / "figures").mkdir(parents=True)
+    (mine / "figures" / "loss.png").write_text("my figure")
+    (mine / "summary.json").write_text("{}")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("model: resnet\n")
+    for out in (mine, other):
+        before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+        for extra in ([], ["--overwrite"]):
+            assert main(["run", str(config), "--quiet", "--out", str(out), *extra]) == 2
+            err = capsys.readouterr().err
+            assert "output.dir" in err and "choose another --out" in err and len(err.strip().splitlines()) == 1
+        assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    # a run's directory, with files of the user's beside the run's
+    run = tmp_path / "run"
+    for name in ("figures", "partial"):
+        (run / name).mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(load_config(config)))
+    for name in (
+        "results.nc",
+        "summary.json",
+        "figures/loss.png",
+        "partial/meta.json",
+        "partial/job000-chunk00000.npz",
+    ):
+        (run / name).write_text("the run's")
+    for name in ("notes.txt", "figures/sketch.png", "partial/mine.npz"):
+        (run / name).write_text("the user's")
+    _clear(run)
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == [
+        "figures",
+        "figures/sketch.png",
+        "notes.txt",
+        "partial",
+        "partial/mine.npz",
+    ]
+
+
+def test_sweep_plan_arguments_are_checked():
+    """`devices` and a chunk index are checked, each error naming the argument (were a bare
+    AssertionError from JAX for a repeated device, a TypeError for a single device or a
+    float index, and `devices=["cpu"]` silently ignored by reduced sweeps)."""
+    import jax
+
+    import mimflow
+
+    experiment = mimflow.ReducedExperiment(mimflow.links.hermite(1), jax.random.key(0), t1=10.0, num_saves=4)
+    grid = {"seed": range(2), "d": [10.0]}
+    device = jax.devices()[0]
+    for devices, message in [
+        ([device, device], r"`devices\[1\]` repeats"),
+        (["cpu"], r"`devices\[0\]` must be a jax.Device"),
+        (device, "`devices` must be a list of jax.Device, got the single device"),
+        ("cpu", "`devices` must be a list"),
+        ([], "`devices` is empty"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SweepPlan(experiment, grid, devices=devices)
+    plan = SweepPlan(experiment, grid, devices=[device])
+    for index in (0.5, "0", True, -1, plan.num_chunks):
+        with pytest.raises(ValueError, match="chunk `index` must be an integer in"):
+            plan.run_chunk(index)
+    with pytest.raises(ValueError, match="`chunks`"):
+        plan.dataset(None)
