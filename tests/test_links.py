@@ -375,9 +375,10 @@ def test_residual_of_a_sum_bounds_the_sums_truncation_error():
     truth = 0.5 + 1.0 + 2 * PHI0 - np.sum((np.append(relu_c[:5], 0.0) + sign_c) ** 2)
     total = links.relu(4) + links.sign(5)
     assert truth <= float(total.residual) + 1e-12
-    np.testing.assert_allclose(float(total.residual), (math.sqrt(r_relu) + math.sqrt(r_sign)) ** 2, rtol=1e-9)
+    # arithmetic on closed-form residuals: measured ≤ 4e-16 relative
+    np.testing.assert_allclose(float(total.residual), (math.sqrt(r_relu) + math.sqrt(r_sign)) ** 2, rtol=1e-13)
     # f + f is 2f, whose truncation error is exactly 4 r_f: the bound is attained
-    np.testing.assert_allclose(float((links.relu(4) + links.relu(4)).residual), 4 * r_relu, rtol=1e-9)
+    np.testing.assert_allclose(float((links.relu(4) + links.relu(4)).residual), 4 * r_relu, rtol=1e-13)
 
 
 # --- 5. the catalogue ----------------------------------------------------------
@@ -388,9 +389,9 @@ def test_relu_closed_form():
     link = links.relu(degree)
     assert link.dim == 1 and link.degree == degree
     oracle = np.array([relu_oracle(n) for n in range(degree + 1)])
-    # closed form vs adaptive quadrature with epsabs 1e-14
-    np.testing.assert_allclose(single_index_coefficients(link), oracle, atol=1e-10)
-    np.testing.assert_allclose(float(link.residual), 0.5 - np.sum(oracle**2), atol=1e-10)
+    # closed form vs adaptive quadrature with epsabs 1e-14 (the tolerance; measured ≤ 6e-17)
+    np.testing.assert_allclose(single_index_coefficients(link), oracle, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(float(link.residual), 0.5 - np.sum(oracle**2), rtol=0, atol=1e-14)
 
 
 def test_sign_closed_form():
@@ -400,8 +401,9 @@ def test_sign_closed_form():
     coeffs = np.array(
         [float(np.asarray(link.tensors[n]).reshape(-1)[0]) if n in link.tensors else 0.0 for n in range(10)]
     )
-    np.testing.assert_allclose(coeffs, oracle, atol=1e-10)
-    np.testing.assert_allclose(float(link.residual), 1.0 - np.sum(oracle**2), atol=1e-10)
+    # closed form vs adaptive quadrature with epsabs 1e-14 (the tolerance; measured ≤ 2e-16)
+    np.testing.assert_allclose(coeffs, oracle, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(float(link.residual), 1.0 - np.sum(oracle**2), rtol=0, atol=1e-14)
 
 
 def test_tanh_quadrature():
@@ -419,13 +421,14 @@ def test_single_index_links_on_other_coordinates():
     z = points(2)
     relu = links.relu(8, dim=2, index=1)
     expected = sum(relu_oracle(n) * h_np(n, z[:, 1]) for n in range(9))
-    np.testing.assert_allclose(evaluate(relu, z), expected, rtol=1e-9, atol=1e-9)
+    # values up to ~2; measured ≤ 8e-16 absolute (relu, sign, tanh)
+    np.testing.assert_allclose(evaluate(relu, z), expected, rtol=0, atol=5e-14)
     sign = links.sign(9, dim=2, index=1)
     expected = sum(sign_oracle(n) * h_np(n, z[:, 1]) for n in range(10))
-    np.testing.assert_allclose(evaluate(sign, z), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(evaluate(sign, z), expected, rtol=0, atol=5e-14)
     tanh = links.tanh(9, dim=2, index=0)
     expected = sum(tanh_oracle(n) * h_np(n, z[:, 0]) for n in range(10))
-    np.testing.assert_allclose(evaluate(tanh, z), expected, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(evaluate(tanh, z), expected, rtol=0, atol=5e-14)
 
 
 @pytest.mark.parametrize("j, dim, index", [(1, 1, 0), (2, 1, 0), (3, 2, 1), (4, 3, 2), (2, 3, 0)])
@@ -465,7 +468,7 @@ def test_largest_links_build():
     `2^20 × 2^20` identity `embed` used to allocate (a `MemoryError`)."""
     top = links.hermite(63)
     x = np.linspace(-2.0, 2.0, 9)[:, None]
-    np.testing.assert_allclose(evaluate(top, x), h_np(63, x[:, 0]), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(evaluate(top, x), h_np(63, x[:, 0]), rtol=0, atol=5e-14)  # measured 5e-16
     constant = links.hermite(0, dim=2**20, index=5)
     assert constant.dim == 2**20 and float(constant.tensors[0]) == 1.0
     placed = links.embed(links.staircase(2), 6, (4, 1))  # columns (4, 1) of the identity
@@ -552,7 +555,8 @@ def test_add_and_scale():
     # scaling multiplies the truncation residual by scale²
     relu = links.relu(4)
     oracle = np.array([relu_oracle(n) for n in range(5)])
-    np.testing.assert_allclose(float((2.0 * relu).residual), 4 * (0.5 - np.sum(oracle**2)), atol=1e-10)
+    # against quadrature with epsabs 1e-14
+    np.testing.assert_allclose(float((2.0 * relu).residual), 4 * (0.5 - np.sum(oracle**2)), rtol=0, atol=1e-14)
 
 
 @eqx.filter_jit
@@ -599,16 +603,17 @@ def test_residual_of_differences_negations_and_quotients():
     truth = 0.5 + 1.0 - 2 * PHI0 - np.sum((np.append(relu_c[:5], 0.0) - sign_c) ** 2)
     difference = relu - sign
     assert truth <= float(difference.residual) + 1e-12
-    np.testing.assert_allclose(float(difference.residual), bound, rtol=1e-9)
-    np.testing.assert_allclose(float((sign - relu).residual), bound, rtol=1e-9)
-    np.testing.assert_allclose(float((-relu).residual), r_relu, rtol=1e-9)
-    np.testing.assert_allclose(float((relu / 2).residual), r_relu / 4, rtol=1e-9)
-    np.testing.assert_allclose(float((relu / jnp.asarray(-0.5)).residual), 4 * r_relu, rtol=1e-9)
+    # arithmetic on closed-form residuals: measured ≤ 5e-16 relative
+    np.testing.assert_allclose(float(difference.residual), bound, rtol=1e-13)
+    np.testing.assert_allclose(float((sign - relu).residual), bound, rtol=1e-13)
+    np.testing.assert_allclose(float((-relu).residual), r_relu, rtol=1e-13)
+    np.testing.assert_allclose(float((relu / 2).residual), r_relu / 4, rtol=1e-13)
+    np.testing.assert_allclose(float((relu / jnp.asarray(-0.5)).residual), 4 * r_relu, rtol=1e-13)
     # `sum` chains `+`: (√r + √r_s + √r)² for relu + sign + relu
     total = sum([relu, sign, relu])
-    np.testing.assert_allclose(float(total.residual), (2 * math.sqrt(r_relu) + math.sqrt(r_sign)) ** 2, rtol=1e-9)
+    np.testing.assert_allclose(float(total.residual), (2 * math.sqrt(r_relu) + math.sqrt(r_sign)) ** 2, rtol=1e-13)
     # f − f is the zero function, but the bound is kept (documented): 4 r_f
-    np.testing.assert_allclose(float((relu - relu).residual), 4 * r_relu, rtol=1e-9)
+    np.testing.assert_allclose(float((relu - relu).residual), 4 * r_relu, rtol=1e-13)
 
 
 def test_arithmetic_with_traced_scalars():
