@@ -1,16 +1,22 @@
 """`Rodas4` and `Rodas5`, the batched Rosenbrock path of `simulate_reduced`, against
 independent computations: a closed-form ODE (order of the method), quadrature of the
-single-index ODE, SciPy's Radau on a NumPy right-hand side, and the diffrax path."""
+single-index ODE, the closed-form escape of a single index with ridge, SciPy's Radau
+on a NumPy right-hand side (two-timescale, ridge, planted), and the diffrax path for
+traced links and ridges."""
+
+import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import radau_h1_h3_escapes
-from scipy.integrate import quad
+from helpers import closed_form_two_timescale, radau_h1_h3_escapes
+from scipy.integrate import quad, solve_ivp
 
 import mimflow
 from mimflow import links
+from mimflow._config import build_jobs
 from mimflow._fast import _jacobian, _rosenbrock_step
 
 TIGHT4 = mimflow.Rodas4(rtol=1e-10, atol=1e-13)
@@ -116,21 +122,96 @@ def test_refilled_lanes_give_the_same_bits(batch):
         type(tight)(lanes=1)
 
 
+RIDGE, RHO = 0.3, 0.7
+
+
+def shrinkage(j):
+    """`s_j = ρ^j / (ρ^j + μ)` (DESIGN §2)."""
+    return RHO**j / (RHO**j + RIDGE)
+
+
+def planted_two_rhs(t, y):
+    """The planted ODE of h1(z1) + h3(z2) in NumPy. By Mehler, `E h_i(u_a) h_j(v_b) =
+    δ_ij M_ab^i` for standard normal `u`, `v` with `E[u vᵀ] = M`, so `L_pl = 2 − M₁₁ − M₂₂³`,
+    `Γ = ∇_M L_pl = −diag(1, 3 M₂₂²)` and `Ṁ = −Γ + ½ M (MᵀΓ + ΓᵀM)` (Stiefel, embedded)."""
+    M = y.reshape(2, 2)
+    gamma = -np.diag([1.0, 3 * M[1, 1] ** 2])
+    return (-gamma + 0.5 * M @ (M.T @ gamma + gamma.T @ M)).ravel()
+
+
+def staircase_ridge_rhs(t, y):
+    """The two-timescale ODE of the staircase h1(z1) + z1 z2 with ridge `μ`, `ρ`, in
+    NumPy: by Isserlis `E[u1 u2 v1 v2] = G₁₁G₂₂ + G₁₂G₂₁` for cross-covariance `G`, so
+    the shrunk correlation is `C(G) = s₁ G₁₁ + s₂ (G₁₁G₂₂ + G₁₂G₂₁)`,
+    `B = ∂C/∂G = s₁ e₁e₁ᵀ + s₂ [[G₂₂, G₂₁], [G₁₂, G₁₁]]` and `Ṁ = (I − G) B M`."""
+    M = y.reshape(2, 2)
+    G = M @ M.T
+    B = shrinkage(1) * np.diag([1.0, 0.0]) + shrinkage(2) * np.array([[G[1, 1], G[1, 0]], [G[0, 1], G[0, 0]]])
+    return ((np.eye(2) - G) @ B @ M).ravel()
+
+
+M0_50 = np.array(mimflow.sample_overlap(jax.random.PRNGKey(0), 50.0, 2, 2))
+CASES = {
+    "planted": (mimflow.Planted(TWO), planted_two_rhs, 0.0),
+    # the minimum ½(‖f*‖² − s₁ − s₂) of the shrunk loss (both tensors of norm 1)
+    "ridge": (
+        mimflow.TwoTimescale(links.staircase(2), RIDGE, RHO),
+        staircase_ridge_rhs,
+        1 - (shrinkage(1) + shrinkage(2)) / 2,
+    ),
+}
+
+
+@functools.cache
+def radau_escapes(case, ts):
+    """SciPy's Radau (rtol 1e-12, atol 1e-14) on `case`'s NumPy right-hand side from
+    `M0_50` to 1e3: the times the singular values of `M` cross ½ upwards, and `M` at `ts`."""
+    events = []
+    for i in range(2):
+        event = lambda t, y, i=i: np.linalg.svd(y.reshape(2, 2), compute_uv=False)[i] - 0.5
+        event.direction = 1
+        events.append(event)
+    rhs = CASES[case][1]
+    sol = solve_ivp(rhs, (0, 1e3), M0_50.ravel(), "Radau", t_eval=ts, rtol=1e-12, atol=1e-14, events=events)
+    assert sol.status == 0, sol.message
+    return np.array([e[0] if len(e) else np.inf for e in sol.t_events]), sol.y.T.reshape(-1, 2, 2)
+
+
 @pytest.mark.parametrize("solver", [TIGHT4, TIGHT5], ids=["rodas4", "rodas5"])
-def test_agrees_with_the_diffrax_path_for_planted_and_ridge(solver):
-    """The planted problem and ridge shrinkage against Kvaerno5."""
-    M0 = mimflow.sample_overlap(jax.random.PRNGKey(0), 50.0, 2, 2)
-    cases = [
-        (mimflow.Planted(TWO), 1e3),
-        (mimflow.TwoTimescale(links.staircase(2), ridge=0.3, rho=0.7), 1e3),
-    ]
-    for problem, t1 in cases:
-        fast = mimflow.simulate_reduced(problem, M0, t1, num_saves=16, solver=solver)
-        slow = mimflow.simulate_reduced(problem, M0, t1, num_saves=16)
-        np.testing.assert_allclose(fast.overlap, slow.overlap, atol=1e-7)
-        # the diffrax path (Kvaerno5 at rtol 1e-9, crossings on its cubic dense output) puts
-        # escapes at t ~ 1 within ~3e-7 of Radau at 1e-12; Rodas4 and 5 here within 1e-9 of it
-        np.testing.assert_allclose(mimflow.escape_times(fast), mimflow.escape_times(slow), rtol=1e-6)
+@pytest.mark.parametrize("case", CASES)
+def test_planted_and_ridge_match_scipy_radau(case, solver):
+    """The planted problem (h1 + h3) and ridge shrinkage (the staircase, μ = 0.3, ρ = 0.7)
+    against Radau on a NumPy right-hand side written from DESIGN §2–§3."""
+    problem, rhs, minimum = CASES[case]
+    rng = np.random.default_rng(5)
+    for _ in range(3):  # the NumPy field is the library's (measured to 6e-17)
+        M = rng.uniform(-0.6, 0.6, (2, 2))
+        np.testing.assert_allclose(problem.vector_field(M).ravel(), rhs(0.0, M.ravel()), rtol=0, atol=1e-15)
+    traj = mimflow.simulate_reduced(problem, M0_50, 1e3, num_saves=16, solver=solver)
+    assert traj.status == mimflow.Status.SUCCESS
+    expected, saves = radau_escapes(case, tuple(np.asarray(traj.ts)))
+    assert np.all(expected < 20)  # both directions escape well within the run
+    # measured: escapes (t ≈ 0.3 to 2.3) within 2e-11 relative (Rodas4) and 1.3e-8 (Rodas5,
+    # its crossing on the dense output); saves, the steady-state tail included, within 5e-11
+    np.testing.assert_allclose(mimflow.escape_times(traj), expected, rtol=1e-6)
+    np.testing.assert_allclose(traj.overlap, saves, rtol=0, atol=1e-9)
+    assert abs(float(traj.loss[-1]) - minimum) <= 1e-11  # measured 5e-13
+
+
+@pytest.mark.parametrize("solver", [TIGHT4, TIGHT5], ids=["rodas4", "rodas5"])
+def test_ridge_single_index_escape_matches_closed_form(solver):
+    """`α h_3` with ridge: `ℒ = ½ α² (1 − s₃ m⁶)`, i.e. the flow of `√s₃ α h_3`, whose
+    escape time has a closed form (`dt = dm² / (6 s₃ α² m⁶ (1 − m²))`); the loss ends at
+    `½ α² (1 − s₃)`."""
+    m0, alpha = 0.1, 1.2
+    expected = closed_form_two_timescale(alpha * math.sqrt(shrinkage(3)), 3, m0)
+    problem = mimflow.TwoTimescale(alpha * links.hermite(3), RIDGE, RHO)
+    traj = mimflow.simulate_reduced(problem, jnp.array([[m0]]), 10 * expected, solver=solver)
+    assert traj.status == mimflow.Status.SUCCESS
+    # measured: 2e-12 (Rodas4) and 2.3e-10 (Rodas5) relative
+    assert float(mimflow.escape_times(traj)[0]) == pytest.approx(expected, rel=1e-8)
+    assert abs(float(traj.loss[0]) - 0.5 * alpha**2 * (1 - shrinkage(3) * m0**6)) <= 1e-14
+    assert abs(float(traj.loss[-1]) - 0.5 * alpha**2 * (1 - shrinkage(3))) <= 1e-11
 
 
 @pytest.mark.slow  # 20 CPU-s each, for CI time (the only check on traced links and ridges: run with -m slow)
@@ -164,7 +245,9 @@ def test_experiments_sweeps_and_configs_take_rodas4(tmp_path):
     with pytest.raises(ValueError, match="reduced dynamics only"):
         mimflow.FlowExperiment(links.hermite(2), jax.random.PRNGKey(0), 1.0, d=8, d_max=8, solver=mimflow.Rodas4())
     config = mimflow.load_config("configs/quickstart.yaml", ["solver.name=rodas4"], smoke=True, out=str(tmp_path))
-    assert isinstance(mimflow.ReducedExperiment, type) and config["solver"]["name"] == "rodas4"
+    assert config["solver"]["name"] == "rodas4"
+    jobs = build_jobs(config)
+    assert jobs and all(type(experiment.solver) is mimflow.Rodas4 for _, experiment, _ in jobs)
     with pytest.raises(mimflow.ConfigError, match="solver.name"):
         mimflow.load_config("configs/finite_vs_population.yaml", ["solver.name=rodas4"], smoke=True, out=str(tmp_path))
 
@@ -213,5 +296,6 @@ def test_experiments_keep_the_solver_class_and_its_lanes(monkeypatch, tmp_path):
     assert all(s.atol == solver.atol for s in seen)
     config = mimflow.load_config("configs/quickstart.yaml", ["solver.name=rodas5"], smoke=True, out=str(tmp_path))
     assert config["solver"]["name"] == "rodas5"
+    assert all(type(experiment.solver) is mimflow.Rodas5 for _, experiment, _ in build_jobs(config))
     with pytest.raises(mimflow.ConfigError, match="rodas5 integrates the reduced dynamics only"):
         mimflow.load_config("configs/finite_vs_population.yaml", ["solver.name=rodas5"], smoke=True, out=str(tmp_path))

@@ -284,6 +284,32 @@ def test_ridge_single_index_closed_form(ridge, rho):
         assert abs(float(value) - expected) <= 1e-13
 
 
+def test_make_problem_builds_or_passes_through():
+    """`make_problem` returns a problem object given as `link` or `problem` unchanged, and
+    otherwise builds `TwoTimescale(link, ridge, rho)` or `Planted(link)`: their losses at
+    `M = [[m]]` against the closed forms for `f = Σ α_j h_j`,
+    `½ Σ α_j² (1 − s_j m^{2j})` with `s_j = ρ^j / (ρ^j + μ)` and `Σ α_j² (1 − m^j)`."""
+    alphas = {1: 0.8, 2: -0.5, 3: 0.6}
+    link = mimflow.Link.from_hermite({(j,): a for j, a in alphas.items()})
+    given = [mimflow.TwoTimescale(link, 0.2, 0.5), mimflow.Planted(link)]
+    for problem in given:
+        assert mimflow.make_problem(problem) is problem
+        assert mimflow.make_problem(problem, "planted") is problem
+        assert mimflow.make_problem(link, problem) is problem
+    m = 0.6
+    for ridge, rho in [(0.0, 1.0), (0.3, 0.7)]:
+        kwargs = {} if ridge == 0.0 else {"ridge": ridge, "rho": rho}
+        built = mimflow.make_problem(link, **kwargs)
+        assert type(built) is mimflow.TwoTimescale and built.link is link and built.max_degree is None
+        assert float(built.ridge) == ridge and float(built.rho) == rho
+        expected = 0.5 * sum(a**2 * (1 - rho**j / (rho**j + ridge) * m ** (2 * j)) for j, a in alphas.items())
+        assert abs(float(built.loss(jnp.array([[m]]))) - expected) <= 1e-14, (ridge, rho)
+    built = mimflow.make_problem(link, "planted")
+    assert type(built) is mimflow.Planted and built.link is link
+    expected = sum(a**2 * (1 - m**j) for j, a in alphas.items())
+    assert abs(float(built.loss(jnp.array([[m]]))) - expected) <= 1e-14
+
+
 @pytest.mark.parametrize("ridge, rho", RIDGES)
 @pytest.mark.parametrize("r, seed", [(2, 10), (1, 11)])
 def test_ridge_multi_index_least_squares(ridge, rho, r, seed):
@@ -472,8 +498,9 @@ def flow_pair(problem):
 def test_reduced_ode_matches_brute_force_flow(problem):
     traj, ws, losses = flow_pair(problem)
     assert int(traj.status) == mimflow.Status.SUCCESS
-    # the reference stayed on St(d, 2), far below the 1e-6 tolerance on M used below
-    assert np.abs(np.einsum("tdi,tdj->tij", ws, ws) - np.eye(2)).max() < 1e-8
+    # the reference stayed on St(d, 2) (measured drift 1e-10), far below the 5e-8 tolerance
+    # on M used below
+    assert np.abs(np.einsum("tdi,tdj->tij", ws, ws) - np.eye(2)).max() < 1e-9
     # the horizon covers the escape from the initial saddle: entries of M(0) ~ d^{-1/2},
     # the loss drops by more than half, and at least one direction is learned.
     assert np.asarray(traj.singular_values)[0, 0] < 0.4
@@ -481,15 +508,16 @@ def test_reduced_ode_matches_brute_force_flow(problem):
     assert np.asarray(traj.singular_values)[-1, 0] > 0.99
     if problem == "two-timescale":  # the staircase learns both directions
         assert np.asarray(traj.singular_values)[-1, 1] > 0.99
-    # The issue's requirement: |Δ loss| ≤ 1e-4 at every save.
+    # The library's default solver has rtol 1e-9, atol 1e-12 per step; with accumulation
+    # over the run and growth of errors through the escape (M grows by ~4× from
+    # σ_max(M0) ≈ 0.33) this start gives 1.5e-9 (two-timescale) and 2.5e-9 (planted) on
+    # the loss and 1.5e-9 and 7e-10 on M (other starts, seeds 1, 7, 99: ≤ 9e-9 and 3e-9).
+    # (With rtol 1e-12 the library agrees with this reference to 5e-11, so the reference
+    # is not the limit.) The issue's requirement, |Δ loss| ≤ 1e-4, holds by far.
     loss_error = np.abs(np.asarray(traj.loss) - losses).max()
-    assert loss_error <= 1e-4, loss_error
-    # M itself: the library's default solver has rtol 1e-8, atol 1e-11 per step; 1e-6 =
-    # 100 × rtol leaves room for accumulation over ~10³ steps and for growth of errors
-    # through the escape (M grows by ~4× from σ_max(M0) ≈ 0.33). (With rtol 1e-12 the
-    # library agrees with this reference to 5e-11, so the reference is not the limit.)
+    assert loss_error <= 1e-7, loss_error
     overlap_error = np.abs(np.asarray(traj.overlap) - ws[:, :2]).max()
-    assert overlap_error <= 1e-6, overlap_error
+    assert overlap_error <= 5e-8, overlap_error
     # Gradient flow: the loss is non-increasing (and ≥ 0). At the default tolerances a
     # step may err by rtol·|M| + atol ≈ 1e-8 per entry (‖δM‖_F ≲ 2e-8), moving ℒ by up
     # to ‖∇_M ℒ‖_F·‖δM‖_F ≲ 4 × 2e-8 (‖∇_M ℒ‖_F ≤ 3.8 along these trajectories);

@@ -49,6 +49,11 @@ def _assert_matches(dataset, one_by_one, tol=1e-12):
         assert int(at.status) == int(trajectory.status) == mimflow.Status.SUCCESS
         assert int(at.num_steps) == int(trajectory.num_steps)
     np.testing.assert_array_equal(dataset.time.values, mimflow.save_times(T1, SAVES, 1e-2))
+    # the documented grid: 0, then SAVES − 1 log-spaced times from t_min = 1e-2 (the
+    # experiment's default) ending at t1 exactly (measured within 6e-16 relative)
+    grid = np.r_[0.0, np.logspace(-2, np.log10(T1), SAVES - 1)]
+    np.testing.assert_allclose(dataset.time.values, grid, rtol=1e-14, atol=0)
+    assert dataset.time.values[0] == 0.0 and dataset.time.values[-1] == T1
 
 
 def test_reduced_sweep_equals_points_one_by_one(reduced, one_by_one):
@@ -56,6 +61,7 @@ def test_reduced_sweep_equals_points_one_by_one(reduced, one_by_one):
     assert dict(dataset.sizes) == {"seed": 2, "d": 2, "ridge": 2, "time": SAVES, "direction": 2, "k": 2, "r": 2}
     np.testing.assert_array_equal(dataset.seed.values, [0, 3])
     _assert_matches(dataset, one_by_one)
+    np.testing.assert_array_equal(mimflow.save_times(T1, 2, 1e-2), [0.0, T1])  # documented: just [0, t1]
     # the ridge really changes the flow (the sweep did not broadcast one point)
     assert np.abs(dataset.loss.sel(ridge=0.0) - dataset.loss.sel(ridge=0.2)).max() > 1e-3
 
