@@ -6,7 +6,8 @@ over a dict of per-point values runs a whole grid in one compiled program and
 `jax.grad` differentiates an outcome with respect to any swept value.
 """
 
-from collections.abc import Mapping, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
 import diffrax
@@ -15,13 +16,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optimistix as optx
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from ._checks import check_int, check_key, check_range, is_concrete
 from ._fast import AbstractRosenbrock
 from ._fits import AbstractFit, HermiteFeatures, KernelRidge, Mehler
 from ._flows import Dataset, PlantedFlow, Population, Target, TwoTimescaleFlow
-from ._integrate import Trajectory, check_time_grid, default_controller, save_times, simulate_reduced
+from ._integrate import (
+    Status,
+    Trajectory,
+    check_time_grid,
+    default_controller,
+    default_tolerances,
+    save_times,
+    simulate_reduced,
+)
 from ._link import Link
 from ._manifold import RetractedSolver, simulate
 from ._overlap import sample_overlap
@@ -30,6 +39,7 @@ from ._stiefel import _qr_positive
 
 Point = Mapping[str, Array | Link]
 Axes = Mapping[str, ArrayLike | Sequence[Link]]
+Rule = tuple[str, Callable, str]
 
 
 def _check_link_axis(values: object) -> list[Link]:
@@ -81,6 +91,11 @@ class AbstractExperiment(eqx.Module):
     `seed` selects the randomness: the point's key is `jax.random.fold_in(key, seed)`,
     the same at every `d` and every hyperparameter (common random numbers), so the
     result at a point does not depend on the rest of the grid.
+
+    A concrete point outside the domain `sweep` accepts raises a `ValueError` naming the
+    value (`check_point`); a traced one (under `jax.vmap`, `jit`) cannot raise: its run
+    ends `Status.NON_FINITE` with `nan` saves (`in_domain`), and the other points of the
+    batch are unaffected.
     """
 
     link: eqx.AbstractVar[Link]
@@ -96,6 +111,59 @@ class AbstractExperiment(eqx.Module):
     def __call__(self, point: Point) -> Trajectory:
         raise NotImplementedError
 
+    def _domain_rules(self) -> list[Rule]:
+        """The domain of the swept values: `(axis, bad, requirement)` per rule, `bad` a
+        predicate on an array of the axis's values (NumPy or JAX). `check_axes` raises on
+        concrete values where it holds; `in_domain` tests traced ones."""
+        k = self.link.dim
+        return [
+            ("d", lambda d: d < k + self.r, f"has a value below k + r = {k + self.r}"),
+            ("ridge", lambda v: v < 0, "has a value < 0"),
+            ("noise", lambda v: v < 0, "has a value < 0"),
+            ("rho", lambda v: (v <= 0) | (v > 1), "has a value outside (0, 1]"),
+            ("rtol", lambda v: v <= 0, "has a value ≤ 0"),
+            ("atol", lambda v: v <= 0, "has a value ≤ 0"),
+        ]
+
+    def _point_values(self, point: Point) -> dict[str, ArrayLike]:
+        """The numbers a run of `point` uses (`seed` and the swept values, or the
+        experiment's defaults of those not in `point`; not the link), for `in_domain`."""
+        return {name: value for name, value in point.items() if name != "link"}
+
+    def in_domain(self, point: Point) -> Bool[Array, ""] | None:
+        """Whether a point's values (`_point_values`) lie in the domain `check_grid` and
+        `check_axes` ask of concrete ones: finite, `seed` an integer in `[0, 2³²)`, no
+        rule of `_domain_rules` broken. `None` when they are all concrete (`check_point`
+        checked them). Under `jax.vmap` (traced values) a point outside it cannot raise:
+        its run ends `Status.NON_FINITE` with `nan` saves. A few scalar operations per point."""
+        values = self._point_values(point)
+        if is_concrete(values):
+            return None
+        values = {name: jnp.asarray(value, dtype=float) for name, value in values.items()}
+        inside = jnp.asarray(True)
+        for value in values.values():
+            inside = inside & jnp.isfinite(value)
+        if "seed" in values:
+            seed = values["seed"]
+            inside = inside & (seed >= 0) & (seed < 2.0**32) & (seed % 1 == 0)
+        for name, bad, _ in self._domain_rules():
+            if name in values:
+                inside = inside & ~bad(values[name])
+        return inside
+
+    def _stand_in_tolerances(self, point: Point, inside: Bool[Array, ""]) -> dict[str, Array | Link]:
+        """`point` with the step controller's tolerances (its own or the experiment's)
+        replaced by `default_tolerances` where `inside` is false: a run from a `nan` start
+        still takes steps (the default solver integrates a finite stand-in), and with a
+        tolerance it cannot meet (`atol = 0` on the stand-in `0`) it took all `max_steps`,
+        holding up its whole batch."""
+        replaced = dict(point)
+        for name, default in zip(("rtol", "atol"), default_tolerances(jnp.result_type(float)), strict=True):
+            value = point.get(name, getattr(self, name))
+            if name in point or not is_concrete(value):  # concrete defaults were checked in `__init__`
+                replaced[name] = jnp.where(inside, value, default)
+        return replaced
+
     def save_times(self) -> Float[Array, " n"]:
         """The save grid shared by every point."""
         return save_times(self.t1, self.num_saves, self.t_min)
@@ -104,7 +172,8 @@ class AbstractExperiment(eqx.Module):
         """Raise a `ValueError` naming the value unless `point` is a dict and, when its
         values are concrete, one that `grid_points` and `sweep` would accept as a grid of
         one point (`check_grid`, `check_axes`). Traced values (under `jax.vmap` over
-        `grid_points`, in a sweep) were checked there and are not checked again."""
+        `grid_points`, in a sweep) are not checked here: a run outside the domain ends
+        `Status.NON_FINITE` instead (`in_domain`)."""
         if not isinstance(point, Mapping):
             raise ValueError(f"`point` must be a dict of axis name → value, got {type(point).__name__}")
         if not is_concrete(point):
@@ -131,13 +200,8 @@ class AbstractExperiment(eqx.Module):
                 )
         if "d" not in axes and self.d is None:
             raise ValueError(f"{type(self).__name__} needs a dimension: a sweep axis 'd' or the field `d`")
-        k = self.link.dim
-        _reject(axes, "d", lambda d: d < k + self.r, f"has a value below k + r = {k + self.r}")
-        _reject(axes, "ridge", lambda v: v < 0, "has a value < 0")
-        _reject(axes, "noise", lambda v: v < 0, "has a value < 0")
-        _reject(axes, "rho", lambda v: (v <= 0) | (v > 1), "has a value outside (0, 1]")
-        _reject(axes, "rtol", lambda v: v <= 0, "has a value ≤ 0")
-        _reject(axes, "atol", lambda v: v <= 0, "has a value ≤ 0")
+        for name, bad, requirement in self._domain_rules():
+            _reject(axes, name, bad, requirement)
 
     def working_bytes(self) -> int:
         """An estimate of the memory one point needs while it runs (bytes)."""
@@ -177,6 +241,8 @@ class ReducedExperiment(AbstractExperiment):
     Fields give the defaults of axes not swept; `rtol`, `atol` default to
     `default_tolerances`, `solver` to `simulate_reduced`'s (Kvaerno5); `Rodas5()` (or
     `Rodas4()`) runs large batches several times faster (not reverse-mode differentiable).
+    A traced point (or `t1`) outside the domain ends `Status.NON_FINITE`: its run starts
+    from `nan` (with the default tolerances, so that it ends within a few steps).
 
     **Arguments** (besides the axes' defaults `d`, `ridge`, `rho`, `rtol`, `atol`):
     - `link`, `key`, `t1`: the target, the key every point's seed is folded into, the
@@ -248,11 +314,19 @@ class ReducedExperiment(AbstractExperiment):
                     raise ValueError(f"sweep axis {name!r} is for the two-timescale problem, not 'planted'")
         super().check_axes(axes)
 
+    def _point_values(self, point):
+        defaults = {"d": self.d, "ridge": self.ridge, "rho": self.rho, "rtol": self.rtol, "atol": self.atol}
+        return {**{n: v for n, v in defaults.items() if v is not None}, **super()._point_values(point)}
+
     def __call__(self, point: Point) -> Trajectory:
         self.check_point(point)
         link = point.get("link", self.link)
         d = point.get("d", self.d)
         overlap0 = sample_overlap(self._key(point), d, link.dim, self.r)
+        inside = self.in_domain(point)
+        if inside is not None:  # traced values outside their domain: a `nan` start, `Status.NON_FINITE`
+            overlap0 = jnp.where(inside, overlap0, jnp.nan)
+            point = self._stand_in_tolerances(point, inside)
         if self.problem == "planted":
             problem = make_problem(link, "planted")
         else:
@@ -322,7 +396,9 @@ class FlowExperiment(AbstractExperiment):
     **Axes:** `seed`, `d` (integers ≤ `d_max`), `link`, `ridge` and `rho` (the fit's:
     `KernelRidge(Mehler(ρ), μ)` or `HermiteFeatures(D, μ, ρ)`; `ridge` for any fit),
     `noise` (finite data), `rtol`, `atol` (default `default_tolerances`; the solver
-    defaults to Tsit5, retracted after each step).
+    defaults to Tsit5, retracted after each step). A traced point (or `t1`) outside the
+    domain (say `d > d_max` or fractional) ends `Status.NON_FINITE` with `nan` saves: it
+    runs on stand-in values in the domain (`_stand_in`), at the cost of one point.
 
     **Arguments** (besides the axes' defaults `d`, `noise`, `rtol`, `atol`):
     - `link`, `key`, `t1`: the target, the key every point's seed is folded into, the
@@ -406,19 +482,30 @@ class FlowExperiment(AbstractExperiment):
         self.solver = RetractedSolver(diffrax.Tsit5() if solver is None else solver)
         self.num_saves, self.t_min, self.max_steps = num_saves, float(t_min), max_steps
 
+    def _domain_rules(self):
+        rules = super()._domain_rules()
+        # `d % 1`: `np.round` of a tracer is not a JAX operation
+        rules.append(("d", lambda d: (d > self.d_max) | (d % 1 != 0), f"must hold integers ≤ d_max = {self.d_max}"))
+        if isinstance(self.fit, KernelRidge) and _has_rho(self.fit):
+            rules.append(("rho", lambda v: v >= 1, "must be < 1 for the Mehler kernel"))
+        return rules
+
+    def _point_values(self, point):
+        defaults = {"d": self.d, "noise": self.noise, "rtol": self.rtol, "atol": self.atol}
+        if self.fit is not None:
+            defaults["ridge"] = self.fit.ridge
+        if _has_rho(self.fit):
+            defaults["rho"] = self.fit.kernel.rho if isinstance(self.fit, KernelRidge) else self.fit.rho
+        return {**{n: v for n, v in defaults.items() if v is not None}, **super()._point_values(point)}
+
     def check_axes(self, axes):
         super().check_axes(axes)
-        _reject(
-            axes, "d", lambda d: (d > self.d_max) | (d != np.round(d)), f"must hold integers ≤ d_max = {self.d_max}"
-        )
         if "ridge" in axes and self.fit is None:
             raise ValueError("sweep axis 'ridge' needs a `fit` with a ridge, got fit=None")
         if "rho" in axes and not _has_rho(self.fit):
             raise ValueError(
                 f"sweep axis 'rho' needs KernelRidge(Mehler(...)) or HermiteFeatures, got fit={self.fit!r}"
             )
-        if isinstance(self.fit, KernelRidge):
-            _reject(axes, "rho", lambda v: v >= 1, "must be < 1 for the Mehler kernel")
         if "noise" in axes and self.n is None:
             raise ValueError("sweep axis 'noise' needs finite data (`n`); the population flow does not see noise")
 
@@ -436,20 +523,25 @@ class FlowExperiment(AbstractExperiment):
             y = link(X @ W_star) + target.noise * jax.random.normal(key_noise, (self.n,), X.dtype)
             data = Dataset(X, y)
         fit = self.fit
+        # as arrays, as the fits' own fields are (a Python float or int in a point raised)
         if "ridge" in point:
-            fit = eqx.tree_at(lambda f: f.ridge, fit, point["ridge"])
+            fit = eqx.tree_at(lambda f: f.ridge, fit, jnp.asarray(point["ridge"], dtype=float))
         if "rho" in point:
-            fit = eqx.tree_at(lambda f: f.kernel.rho if isinstance(f, KernelRidge) else f.rho, fit, point["rho"])
+            rho = jnp.asarray(point["rho"], dtype=float)
+            fit = eqx.tree_at(lambda f: f.kernel.rho if isinstance(f, KernelRidge) else f.rho, fit, rho)
         return target, W0, data, fit
 
     def __call__(self, point: Point) -> Trajectory:
         self.check_point(point)
+        inside = self.in_domain(point)
+        if inside is not None:
+            point = self._stand_in(point, inside)
         target, W0, data, fit = self.inputs(point)
         if self.problem == "planted":
             flow = PlantedFlow(target, data)
         else:
             flow = TwoTimescaleFlow(target, fit, data)
-        return simulate(
+        trajectory = simulate(
             flow,
             W0,
             self.t1,
@@ -459,6 +551,24 @@ class FlowExperiment(AbstractExperiment):
             stepsize_controller=self.controller(point),
             max_steps=self.max_steps,
         )
+        return trajectory if inside is None else _non_finite_unless(inside, trajectory)
+
+    def _stand_in(self, point: Point, inside: Bool[Array, ""]) -> dict[str, Array | Link]:
+        """`point` with every value (`_point_values`: its own and the experiment's defaults)
+        replaced by one in the domain where `inside` is false, for a run then reported
+        `Status.NON_FINITE` (`_non_finite_unless`). Not a `nan` start, as in
+        `ReducedExperiment`: a flow's step size turned `nan` from one, and its run took
+        all `max_steps`, holding up its batch; a `d` of `0` or a negative ridge gave one."""
+        rtol, atol = default_tolerances(jnp.result_type(float))
+        stand_ins = {"seed": 0, "d": float(self.d_max), "ridge": 1.0, "rho": 0.5, "noise": 0.0}
+        stand_ins.update(rtol=rtol, atol=atol)
+        replaced = dict(point)
+        for name, value in self._point_values(point).items():
+            if name in point or not is_concrete(value):  # concrete defaults were checked in `__init__`
+                # a seed keeps its type (`uint32` from `grid_points`: float32 rounds seeds above 2²⁴)
+                value = value if name == "seed" else jnp.asarray(value, dtype=float)
+                replaced[name] = jnp.where(inside, value, stand_ins[name])
+        return replaced
 
     def controller(self, point: Point) -> diffrax.AbstractStepSizeController:
         """The step controller of a point: `simulate`'s default (PID, steps ending on the
@@ -473,6 +583,18 @@ class FlowExperiment(AbstractExperiment):
         return 8 * (
             4 * n * self.d_max + 2 * gram + 16 * self.d_max * self.r + 4 * self.num_saves * self.link.dim * self.r
         )
+
+
+def _non_finite_unless(inside: Bool[Array, ""], trajectory: Trajectory) -> Trajectory:
+    """`trajectory`, or where `inside` is false, with status `Status.NON_FINITE` and `nan`
+    saves (the save times kept)."""
+    masked = {
+        name: jnp.where(inside, value, jnp.nan)
+        for name in ("overlap", "loss", "singular_values", "train_loss", "test_loss")
+        if (value := getattr(trajectory, name)) is not None
+    }
+    status = jnp.where(inside, trajectory.status, Status.NON_FINITE)
+    return dataclasses.replace(trajectory, status=status, **masked)
 
 
 def _controls(

@@ -553,7 +553,8 @@ class RandomFeatures(AbstractFeatureFit):
 
     def features(self, r):
         key_w, key_b = jax.random.split(self.key)
-        dtype = self.ridge.dtype
+        # the ridge's float type: a Python float or int put in the field (`eqx.tree_at`) has no `dtype`
+        dtype = jnp.result_type(self.ridge, float)
         weights = jax.random.normal(key_w, (r, self.num_features), dtype)
         if self.kind == "relu":
             return ReLUFeatures(weights, jax.random.normal(key_b, (self.num_features,), dtype))

@@ -30,7 +30,12 @@ class Status(enum.IntEnum):
     NON_FINITE = 3
     """The state became non-finite (or started so). Under `jit`/`vmap`, also a traced
     input outside its domain (a start with singular values above 1, `d < k + r`,
-    `ridge < 0`, `rho ∉ (0, 1]`): the run starts from `nan`."""
+    `ridge < 0`, `rho ∉ (0, 1]`; a `t1 ≤ t_min` or a non-finite one, whose save times
+    after `0` are `nan` (`save_times`); a `Rodas4`/`Rodas5` `rtol` or `atol ≤ 0`; an
+    experiment's point outside the domain `sweep` checks, such as a fractional seed, a
+    flow's `d` above `d_max` or not an integer, a `noise < 0` or a tolerance `≤ 0`):
+    the run starts from `nan` (a flow experiment's runs on stand-in values instead),
+    and its saves are `nan`."""
     STEP_SIZE_COLLAPSED = 4
     """The step size fell to its floor (a controller's `dtmin`, or `RelativeFloor`'s
     time resolution) and the step still failed: the solution blows up there or the
@@ -137,11 +142,28 @@ def check_controls(
 
 def save_times(t1: float | Float[Array, ""], num_saves: int, t_min: float) -> Float[Array, " num_saves"]:
     """`[0, t_min, …, t1]`: zero, then `num_saves − 1` log-spaced times ending at `t1`
-    (just `[0, t1]` for `num_saves = 2`); `0 < t_min < t1`."""
+    (just `[0, t1]` for `num_saves = 2`); `0 < t_min < t1`, a `ValueError` otherwise.
+    A traced `t1` (under `jit`/`vmap`) cannot raise: outside its domain (`t1 ≤ t_min`, or
+    not finite) the times after `0` are `nan`, and a simulation on them ends
+    `Status.NON_FINITE` (the solve runs on a stand-in grid, `_solvable`)."""
     num_saves = _check_saves(t1, t_min, num_saves)
     t1 = jnp.asarray(t1, dtype=float)
     grid = jnp.logspace(jnp.log10(t_min), jnp.log10(t1), num_saves - 1).at[-1].set(t1)
-    return jnp.concatenate([jnp.zeros(1, t1.dtype), grid])
+    ts = jnp.concatenate([jnp.zeros(1, t1.dtype), grid])
+    if not is_concrete(t1):
+        valid = jnp.isfinite(t1) & (t1 > t_min)
+        ts = jnp.where(valid, ts, jnp.full_like(ts, jnp.nan).at[0].set(0.0))
+    return ts
+
+
+def _solvable(ts: Float[Array, " n"]) -> Float[Array, " n"]:
+    """`ts`, or where a traced `t1` outside its domain left them `nan` (`save_times`), a
+    stand-in grid `[0, …, 1]` that diffrax and `solve_rosenbrock` accept (decreasing or
+    `nan` save times raised inside the solve, killing a whole batch). The run on it is
+    reported `Status.NON_FINITE` by its caller; its saves are not kept."""
+    if is_concrete(ts):
+        return ts
+    return jnp.where(jnp.isfinite(ts).all(), ts, jnp.linspace(0.0, 1.0, ts.shape[0], dtype=ts.dtype))
 
 
 def default_tolerances(dtype: jnp.dtype) -> tuple[float, float]:
@@ -248,7 +270,9 @@ def default_controller(
     points (solver accuracy) rather than dense-output interpolations (an order less),
     and never shorter than the time variable can resolve (`RelativeFloor`).
     `rtol`, `atol` default to `default_tolerances` and may be traced (swept); `norm`
-    measures errors (`PaddedNorm` for padded states)."""
+    measures errors (`PaddedNorm` for padded states). Steps end on `_solvable(ts)`: a
+    traced `t1` outside its domain (`nan` saves) has a stand-in grid here."""
+    ts = _solvable(ts)
     default_rtol, default_atol = default_tolerances(ts.dtype)
     rtol = default_rtol if rtol is None else rtol
     atol = default_atol if atol is None else atol
@@ -499,7 +523,9 @@ def simulate_reduced(
     **Arguments:**
     - `link`: the target `Link` (or a problem object such as `TwoTimescale`).
     - `M0`: `(k, r)` initial overlap, e.g. from `sample_overlap`.
-    - `t1`: final time, `t1 > t_min`.
+    - `t1`: final time, `t1 > t_min` (a `ValueError` otherwise; traced, under `jit` or
+      `vmap`, a `t1` outside that domain or non-finite ends that run `Status.NON_FINITE`,
+      its `ts` `nan` after `0`).
     - `problem`: `"two-timescale"` or `"planted"`; `ridge`, `rho`: ridge shrinkage
       (two-timescale only), see `TwoTimescale`.
     - `num_saves`, `t_min`: saves at `0` and `num_saves − 1` log-spaced times in `[t_min, t1]`.
@@ -507,7 +533,8 @@ def simulate_reduced(
       `Kvaerno5` (Newton root finder) and `PIDController(rtol, atol)` with `(1e-9, 1e-12)` in float64,
       `(1e-5, 1e-8)` in float32, clipped so that steps end on the save times. Or
       `mimflow.Rodas5()` / `Rodas4()` (no controller: they control their own steps) for
-      fast batches under `jax.vmap`, not reverse-mode differentiable.
+      fast batches under `jax.vmap`, not reverse-mode differentiable (a traced `rtol` or
+      `atol ≤ 0` of theirs ends the run `Status.NON_FINITE`).
     - `max_steps`: step budget; `adjoint`: diffrax adjoint for gradients (default
       `RecursiveCheckpointAdjoint`).
     - `steady_state`: stop once the loss is within rounding of the problem's global
@@ -526,25 +553,33 @@ def simulate_reduced(
     max_steps = check_time_grid(t1, t_min, num_saves, max_steps)
     check_controls(None if isinstance(solver, AbstractRosenbrock) else solver, stepsize_controller, adjoint)
     M0 = jnp.asarray(M0, dtype=float)
-    if not is_concrete((prob, M0)):
-        # what only tracers hold is checked here: outside its domain the start is `nan`,
-        # reported as `Status.NON_FINITE` (as `sample_overlap` does for a traced `d < k + r`)
-        tolerance = rounding_tolerance(np.zeros((), M0.dtype))
-        overlap = jnp.max(_eigenvalues(M0)) <= (1 + tolerance) ** 2
-        M0 = jnp.where(prob.in_domain() & overlap, M0, jnp.nan)
     ts = save_times(t1, num_saves, t_min)
-    if isinstance(solver, AbstractRosenbrock):
+    rosenbrock = isinstance(solver, AbstractRosenbrock)
+    tolerances = [v for v in (solver.rtol, solver.atol) if v is not None] if rosenbrock else []
+    if not is_concrete((prob, M0, ts, tolerances)):
+        # what only tracers hold is checked here: outside its domain the start is `nan`,
+        # reported as `Status.NON_FINITE` (as `sample_overlap` does for a traced `d < k + r`);
+        # a traced `t1` outside its domain left `nan` save times, solved on a stand-in grid
+        tolerance = rounding_tolerance(np.zeros((), M0.dtype))
+        inside = prob.in_domain() & (jnp.max(_eigenvalues(M0)) <= (1 + tolerance) ** 2) & jnp.isfinite(ts).all()
+        for value in tolerances:  # a Rosenbrock solver's, `> 0` as `AbstractRosenbrock` checks concrete ones
+            inside = inside & jnp.isfinite(value) & (value > 0)
+        M0 = jnp.where(inside, M0, jnp.nan)
+    solve_ts = _solvable(ts)
+    if rosenbrock:
         if stepsize_controller is not None or adjoint is not None:
             raise ValueError(
                 f"`{type(solver).__name__}` controls its own steps (its `rtol`, `atol`) and is not differentiable "
                 "in reverse mode: pass neither `stepsize_controller` nor `adjoint` with it"
             )
-        return solve_rosenbrock(prob, M0, ts, solver, max_steps, steady_state, known_entries(prob))
-    solver = _default_solver(ts.dtype) if solver is None else solver
-    if stepsize_controller is None:
-        stepsize_controller = default_controller(ts)
-    adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
-    return _solve(prob, M0, ts, solver, stepsize_controller, max_steps, adjoint, steady_state)
+        trajectory = solve_rosenbrock(prob, M0, solve_ts, solver, max_steps, steady_state, known_entries(prob))
+    else:
+        solver = _default_solver(ts.dtype) if solver is None else solver
+        if stepsize_controller is None:
+            stepsize_controller = default_controller(solve_ts)
+        adjoint = diffrax.RecursiveCheckpointAdjoint() if adjoint is None else adjoint
+        trajectory = _solve(prob, M0, solve_ts, solver, stepsize_controller, max_steps, adjoint, steady_state)
+    return trajectory if solve_ts is ts else eqx.tree_at(lambda traj: traj.ts, trajectory, ts)
 
 
 def _crossing(trajectory: Trajectory, index: Int[Array, ""], threshold: float) -> Float[Array, ""]:
