@@ -92,6 +92,7 @@ _FILE_COST = {  # seconds per file in a clean-clone run as the suite runs now (2
     "test_notebook_05.py": 50,
     "test_precision.py": 45,
     "test_notebook_04.py": 30,
+    "test_traced_domain.py": 26,
     "test_links.py": 25,
     "test_properties.py": 25,
     "test_products.py": 15,
