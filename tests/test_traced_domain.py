@@ -56,6 +56,19 @@ def _assert_lanes_equal(batch, other, b):
             )
 
 
+def _good_and_bad_lanes(run, good: dict, bad: list) -> "mimflow.Trajectory":
+    """`jit(vmap(run))` over the good point then each bad variant of it: the bad lanes end
+    `NON_FINITE`, and the good lane is bitwise the same as in a batch of good points only
+    (which all succeed). Returns the mixed batch."""
+    runs = jax.jit(jax.vmap(run))
+    batch = runs(_batch([good] + [{**good, name: value} for name, value in bad]))
+    _assert_failed(batch, slice(1, None))
+    same = runs(_batch([good] * (1 + len(bad))))
+    assert (np.asarray(same.status) == Status.SUCCESS).all()
+    _assert_lanes_equal(batch, same, 0)
+    return batch
+
+
 def test_rodas_with_traced_t1_and_tolerances_outside_their_domain():
     """`simulate_reduced` with `Rodas5`, vmapped over `t1` and the solver's `rtol`: the
     bad lanes end `NON_FINITE` (`t1 = 1e-3` reported `SUCCESS`), their `ts` `nan` after
@@ -100,12 +113,7 @@ def test_reduced_experiment_with_traced_t1_and_points_outside_their_domain():
         experiment = mimflow.ReducedExperiment(H3, KEY, point["t1"], num_saves=4)
         return experiment({name: value for name, value in point.items() if name != "t1"})
 
-    runs = jax.jit(jax.vmap(run))
-    batch = runs(_batch([good] + [{**good, name: value} for name, value in bad]))
-    _assert_failed(batch, slice(1, None))
-    same = runs(_batch([good] * (1 + len(bad))))
-    assert (np.asarray(same.status) == Status.SUCCESS).all()
-    _assert_lanes_equal(batch, same, 0)
+    batch = _good_and_bad_lanes(run, good, bad)
     m0 = float(mimflow.sample_overlap(jax.random.fold_in(KEY, 2), 20.0, 1, 1)[0, 0])
     shrinkage = 0.5**3 / (0.5**3 + 0.1)  # ρ³ / (ρ³ + μ): the flow of `√s h_3`
     expected = closed_form_two_timescale(np.sqrt(shrinkage), 3, m0)
@@ -129,12 +137,7 @@ def test_flow_experiment_with_traced_t1_and_points_outside_their_domain():
     def run(point):
         return make(point["t1"])({name: value for name, value in point.items() if name != "t1"})
 
-    runs = jax.jit(jax.vmap(run))
-    batch = runs(_batch([good] + [{**good, name: value} for name, value in bad]))
-    _assert_failed(batch, slice(1, None))
-    same = runs(_batch([good] * (1 + len(bad))))
-    assert (np.asarray(same.status) == Status.SUCCESS).all()
-    _assert_lanes_equal(batch, same, 0)
+    batch = _good_and_bad_lanes(run, good, bad)
     target, W0, _, _ = make(1.0).inputs({name: value for name, value in good.items() if name != "t1"})
     m = float((target.W_star.T @ W0)[0, 0])
     assert float(batch.overlap[0, 0, 0, 0]) == pytest.approx(m, rel=1e-13)
