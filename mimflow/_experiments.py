@@ -125,10 +125,15 @@ class AbstractExperiment(eqx.Module):
             ("atol", lambda v: v <= 0, "has a value ≤ 0"),
         ]
 
+    def _defaults(self) -> dict[str, ArrayLike | None]:
+        """The experiment's values of the axes not swept (`None`: not set), for `_point_values`."""
+        return {}
+
     def _point_values(self, point: Point) -> dict[str, ArrayLike]:
         """The numbers a run of `point` uses (`seed` and the swept values, or the
         experiment's defaults of those not in `point`; not the link), for `in_domain`."""
-        return {name: value for name, value in point.items() if name != "link"}
+        defaults = {name: value for name, value in self._defaults().items() if value is not None}
+        return {**defaults, **{name: value for name, value in point.items() if name != "link"}}
 
     def in_domain(self, point: Point) -> Bool[Array, ""] | None:
         """Whether a point's values (`_point_values`) lie in the domain `check_grid` and
@@ -314,9 +319,8 @@ class ReducedExperiment(AbstractExperiment):
                     raise ValueError(f"sweep axis {name!r} is for the two-timescale problem, not 'planted'")
         super().check_axes(axes)
 
-    def _point_values(self, point):
-        defaults = {"d": self.d, "ridge": self.ridge, "rho": self.rho, "rtol": self.rtol, "atol": self.atol}
-        return {**{n: v for n, v in defaults.items() if v is not None}, **super()._point_values(point)}
+    def _defaults(self):
+        return {"d": self.d, "ridge": self.ridge, "rho": self.rho, "rtol": self.rtol, "atol": self.atol}
 
     def __call__(self, point: Point) -> Trajectory:
         self.check_point(point)
@@ -490,13 +494,13 @@ class FlowExperiment(AbstractExperiment):
             rules.append(("rho", lambda v: v >= 1, "must be < 1 for the Mehler kernel"))
         return rules
 
-    def _point_values(self, point):
+    def _defaults(self):
         defaults = {"d": self.d, "noise": self.noise, "rtol": self.rtol, "atol": self.atol}
         if self.fit is not None:
             defaults["ridge"] = self.fit.ridge
         if _has_rho(self.fit):
             defaults["rho"] = self.fit.kernel.rho if isinstance(self.fit, KernelRidge) else self.fit.rho
-        return {**{n: v for n, v in defaults.items() if v is not None}, **super()._point_values(point)}
+        return defaults
 
     def check_axes(self, axes):
         super().check_axes(axes)

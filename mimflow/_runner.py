@@ -43,6 +43,7 @@ RESULTS, SUMMARY, CONFIG, PARTIAL, FIGURES = "results.nc", "summary.json", "conf
 # the files a run writes in PARTIAL and FIGURES (regular expressions of their names)
 _CHUNKS, _META = r"job\d{3,}-chunk\d{5,}\.npz", r"meta\.json"  # `_compute`
 _PNGS = r"(loss|singular_values|escape_times)\.png"  # `save_figures` of `_plot.figures`
+_RESOLVED_KEYS = {"name", "target", "time", "solver", "output", "sweep"}  # what every resolved config holds
 _ENGINE = "scipy"  # netCDF3 64-bit offset: written by scipy, with no HDF5 or netCDF C library
 
 
@@ -162,7 +163,7 @@ def _is_run_config(stored: Any) -> bool:
     """Whether `stored` (a parsed `config.yaml`) is a config written by `mimflow run`."""
     return (
         isinstance(stored, dict)
-        and {"name", "target", "time", "solver", "output", "sweep"} <= stored.keys()
+        and _RESOLVED_KEYS <= stored.keys()
         and set(stored) <= set(_TOP)
         and isinstance(stored["output"], dict)
     )
@@ -328,7 +329,7 @@ def run_config(
     `progress`: draw a progress bar on `stream` (default `sys.stderr`) after each chunk;
     `None` (default) draws one when `stream` is a terminal.
     """
-    if not isinstance(config, dict) or not {"name", "target", "time", "solver", "output", "sweep"} <= config.keys():
+    if not isinstance(config, dict) or not _RESOLVED_KEYS <= config.keys():
         raise ConfigError(f"`config` must be a resolved config (load_config(path)), got {config!r:.80}")
     # validated again (a resolved config resolves to itself): an edited dict is checked like a file
     config = resolve_config(config)
