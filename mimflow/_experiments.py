@@ -6,7 +6,6 @@ over a dict of per-point values runs a whole grid in one compiled program and
 `jax.grad` differentiates an outcome with respect to any swept value.
 """
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import ClassVar
 
@@ -23,8 +22,8 @@ from ._fast import AbstractRosenbrock
 from ._fits import AbstractFit, HermiteFeatures, KernelRidge, Mehler
 from ._flows import Dataset, PlantedFlow, Population, Target, TwoTimescaleFlow
 from ._integrate import (
-    Status,
     Trajectory,
+    _non_finite_unless,
     check_time_grid,
     default_controller,
     default_tolerances,
@@ -561,8 +560,8 @@ class FlowExperiment(AbstractExperiment):
         """`point` with every value (`_point_values`: its own and the experiment's defaults)
         replaced by one in the domain where `inside` is false, for a run then reported
         `Status.NON_FINITE` (`_non_finite_unless`). Not a `nan` start, as in
-        `ReducedExperiment`: a flow's step size turned `nan` from one, and its run took
-        all `max_steps`, holding up its batch; a `d` of `0` or a negative ridge gave one."""
+        `ReducedExperiment`: a `d` of `0` or a negative ridge gives a `nan` step size,
+        and a run on it takes all `max_steps`, holding up its batch."""
         rtol, atol = default_tolerances(jnp.result_type(float))
         stand_ins = {"seed": 0, "d": float(self.d_max), "ridge": 1.0, "rho": 0.5, "noise": 0.0}
         stand_ins.update(rtol=rtol, atol=atol)
@@ -587,18 +586,6 @@ class FlowExperiment(AbstractExperiment):
         return 8 * (
             4 * n * self.d_max + 2 * gram + 16 * self.d_max * self.r + 4 * self.num_saves * self.link.dim * self.r
         )
-
-
-def _non_finite_unless(inside: Bool[Array, ""], trajectory: Trajectory) -> Trajectory:
-    """`trajectory`, or where `inside` is false, with status `Status.NON_FINITE` and `nan`
-    saves (the save times kept)."""
-    masked = {
-        name: jnp.where(inside, value, jnp.nan)
-        for name in ("overlap", "loss", "singular_values", "train_loss", "test_loss")
-        if (value := getattr(trajectory, name)) is not None
-    }
-    status = jnp.where(inside, trajectory.status, Status.NON_FINITE)
-    return dataclasses.replace(trajectory, status=status, **masked)
 
 
 def _controls(

@@ -1,5 +1,6 @@
 """Integration of the reduced dynamics with diffrax, and escape times (DESIGN §2, §5a)."""
 
+import dataclasses
 import enum
 from collections.abc import Callable
 
@@ -29,13 +30,14 @@ class Status(enum.IntEnum):
     """The solver failed for another reason (e.g. an event's root find)."""
     NON_FINITE = 3
     """The state became non-finite (or started so). Under `jit`/`vmap`, also a traced
-    input outside its domain (a start with singular values above 1, `d < k + r`,
+    input outside its domain (a start with singular values above 1, or for `simulate`
+    one off St(d, r) or not finite, `d < k + r`,
     `ridge < 0`, `rho ∉ (0, 1]`; a `t1 ≤ t_min` or a non-finite one, whose save times
     after `0` are `nan` (`save_times`); a `Rodas4`/`Rodas5` `rtol` or `atol ≤ 0`; an
     experiment's point outside the domain `sweep` checks, such as a fractional seed, a
     flow's `d` above `d_max` or not an integer, a `noise < 0` or a tolerance `≤ 0`):
-    the run starts from `nan` (a flow experiment's runs on stand-in values instead),
-    and its saves are `nan`."""
+    the run starts from `nan` (`simulate` and a flow experiment run on stand-in values
+    instead), and its saves are `nan`."""
     STEP_SIZE_COLLAPSED = 4
     """The step size fell to its floor (a controller's `dtmin`, or `RelativeFloor`'s
     time resolution) and the step still failed: the solution blows up there or the
@@ -428,6 +430,18 @@ def _status(result: diffrax.RESULTS, finite: Array, forced: Array | None = None)
         ),
     )
     return jnp.where(finite, code, Status.NON_FINITE)
+
+
+def _non_finite_unless(inside: Bool[Array, ""], trajectory: Trajectory) -> Trajectory:
+    """`trajectory`, or where `inside` is false, with status `Status.NON_FINITE` and `nan`
+    saves (the save times kept)."""
+    masked = {
+        name: jnp.where(inside, value, jnp.nan)
+        for name in ("overlap", "loss", "singular_values", "train_loss", "test_loss")
+        if (value := getattr(trajectory, name)) is not None
+    }
+    status = jnp.where(inside, trajectory.status, Status.NON_FINITE)
+    return dataclasses.replace(trajectory, status=status, **masked)
 
 
 def _converged(problem: AbstractProblem, dtype: jnp.dtype) -> diffrax.Event:

@@ -4,13 +4,17 @@ from typing import Literal
 
 import diffrax
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._checks import is_concrete, rounding_tolerance
 from ._flows import AbstractFlow, Dataset, Online, _with_transpose
 from ._integrate import (
     Trajectory,
     _ForwardingSolver,
+    _non_finite_unless,
     _status,
     check_controls,
     check_time_grid,
@@ -142,7 +146,9 @@ def simulate(
 
     **Returns:** a `Trajectory` like `simulate_reduced`'s (overlap `W*ᵀW`, population
     `loss`, `train_loss` on the flow's data, `test_loss`, `status`). Works under
-    `jax.vmap` over `W0` and over keys used to build the flow's data.
+    `jax.vmap` over `W0` and over keys used to build the flow's data. Under `jit`/`vmap`
+    a traced `W0` off St(d, r) or not finite, or a traced `t1 ≤ t_min`, cannot raise:
+    that run ends `Status.NON_FINITE` with `nan` saves, at the cost of a short stand-in run.
 
     The explicit default solver is stability-limited once converged (DESIGN §5a);
     use `simulate_reduced` for long population horizons.
@@ -166,8 +172,26 @@ def simulate(
     solver = diffrax.Tsit5() if solver is None else solver
     if not isinstance(solver, RetractedSolver):
         solver = RetractedSolver(solver, retraction)
-    if stepsize_controller is None:
-        stepsize_controller = default_controller(ts)
     if isinstance(stepsize_controller, diffrax.ConstantStepSize) and dt0 is None:
         raise ValueError("fixed steps (ConstantStepSize) need `dt0`, got None")
-    return _solve(flow, W0, ts, solver, stepsize_controller, dt0, max_steps, test)
+    if is_concrete((W0, ts)):
+        inside, solve_ts = None, ts
+    else:
+        # what only tracers hold is checked here (`check_point` checks concrete starts): a
+        # start off St(d, r) or not finite, or a traced `t1` outside its domain (`nan` save
+        # times), runs from a stand-in start on a stand-in grid and is reported
+        # `Status.NON_FINITE`. (From a `nan` start every step was rejected until `max_steps`,
+        # holding up the whole of a vmapped batch.)
+        eye = jnp.eye(*W0.shape, dtype=W0.dtype)
+        # full float32 precision on GPUs too (a TF32 product is off by ~1e-3)
+        gram = jnp.matmul(W0.T, W0, precision=jax.lax.Precision.HIGHEST)
+        error = jnp.max(jnp.abs(gram - eye[: W0.shape[1]]))
+        inside = (error <= rounding_tolerance(np.zeros((), W0.dtype))) & jnp.isfinite(ts).all()
+        W0 = jnp.where(inside, W0, eye)
+        solve_ts = jnp.where(inside, ts, jnp.linspace(0.0, 1.0, ts.shape[0], dtype=ts.dtype))
+    if stepsize_controller is None:
+        stepsize_controller = default_controller(solve_ts)
+    trajectory = _solve(flow, W0, solve_ts, solver, stepsize_controller, dt0, max_steps, test)
+    if inside is None:
+        return trajectory
+    return _non_finite_unless(inside, eqx.tree_at(lambda traj: traj.ts, trajectory, ts))

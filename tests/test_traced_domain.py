@@ -1,7 +1,8 @@
 """Traced inputs outside their domain (under `jit`/`vmap`): a final time `t1 ≤ t_min` or
-non-finite, a Rosenbrock tolerance `≤ 0`, an experiment's point outside the domain
-`sweep` checks (a flow's `d` above `d_max`, not an integer or below `k + r`, a
-tolerance `≤ 0`, a negative ridge or noise, a fractional seed). Such a run cannot raise
+non-finite, a `simulate` start off St(d, r) or not finite, a Rosenbrock tolerance `≤ 0`,
+an experiment's point outside the domain `sweep` checks (a flow's `d` above `d_max`, not
+an integer or below `k + r`, a tolerance `≤ 0`, a negative ridge or noise, a fractional
+seed). Such a run cannot raise
 (an `EquinoxRuntimeError` killed the whole batch: "saveat.ts must be increasing") and
 must not report `SUCCESS` (`t1 = 0` did, with `ts = [0, nan, 0, …]`, and tolerances
 `< 0` did, with error control off): it ends `Status.NON_FINITE` with `nan` saves and
@@ -37,7 +38,7 @@ def _batch(lanes: list[dict]) -> dict:
 def _assert_failed(batch, lanes):
     """Lanes `lanes` of `batch` ended `NON_FINITE` within a few steps, not all `max_steps`
     (16 384: a bad tolerance on the reduced path's stand-in start, or a flow's `nan` start,
-    took them all, holding up the batch), with `nan` saves after `t = 0` and `nan`
+    took them all, holding up the batch; 4 096 for `simulate` from a `nan` start), with `nan` saves after `t = 0` and `nan`
     escape times."""
     status = np.asarray(batch.status)
     assert (status[lanes] == Status.NON_FINITE).all(), status
@@ -142,6 +143,30 @@ def test_flow_experiment_with_traced_t1_and_points_outside_their_domain():
     m = float((target.W_star.T @ W0)[0, 0])
     assert float(batch.overlap[0, 0, 0, 0]) == pytest.approx(m, rel=1e-13)
     assert float(batch.loss[0, 0]) == pytest.approx(0.5 * (1 - m**4), rel=1e-13)
+
+
+def test_simulate_with_traced_starts_and_t1_outside_their_domain():
+    """`simulate` vmapped over `W0` and `t1`: a `nan` start took all `max_steps` (4 096
+    here), rejecting every step and holding up its batch; a start off St(d, r) (scaled,
+    or with equal columns) was integrated as if on it. Each now ends `NON_FINITE` within
+    a short stand-in run, as does a `t1 ≤ t_min` or infinite; the good lane is bitwise
+    the same in a batch of good lanes only, succeeds, and starts at the closed-form loss
+    `½(1 − m⁴)` of `h_2` (`m = cos θ`, the overlap of `W0` with `W* = e₁`)."""
+    d, theta = 5, 1.2
+    flow = mimflow.TwoTimescaleFlow(mimflow.Target(H2, np.eye(d, 1)))
+    W0 = np.zeros((d, 2))
+    W0[0, 0], W0[1, 0], W0[2, 1] = np.cos(theta), np.sin(theta), 1.0
+    good = {"t1": 10.0, "W0": W0}
+    bad = [("W0", np.full_like(W0, np.nan)), ("W0", 2 * W0), ("W0", np.repeat(W0[:, :1], 2, axis=1))]
+    bad += [("W0", W0 + np.eye(d, 2) * 1e-3), ("t1", 1e-3), ("t1", np.inf)]
+
+    def run(point):
+        return mimflow.simulate(flow, point["W0"], point["t1"], num_saves=4, max_steps=4096)
+
+    batch = _good_and_bad_lanes(run, good, bad)
+    m = np.cos(theta)
+    assert float(batch.overlap[0, 0, 0, 0]) == pytest.approx(m, rel=1e-14)
+    assert float(batch.loss[0, 0]) == pytest.approx(0.5 * (1 - m**4), rel=1e-14)
 
 
 FITS = {
