@@ -21,14 +21,19 @@ from ._checks import check_finite, check_int, check_key, check_range, is_concret
 from ._hermite import expansion_value_and_grad, hermite_1d, hermite_basis, multi_indices
 
 
-def _jitter(dtype: jnp.dtype) -> float:
-    return 1e-12 if dtype == jnp.float64 else 1e-6
+def _jitter(dtype: jnp.dtype, size: int) -> float:
+    """The smallest shift, relative to the mean diagonal, that keeps a Cholesky
+    factorisation of a PSD `size × size` matrix finite: its rounding errors are about
+    `size·eps` relative, which the fixed `1e-6` of float32 fell below (a kernel ridge
+    with `ridge ≤ 1e-9` on 2 048 points gave `nan` silently)."""
+    return max(1e-12 if dtype == jnp.float64 else 1e-6, size * float(jnp.finfo(dtype).eps))
 
 
 def _cholesky_solve(matrix: Float[Array, "m m"], rhs: Float[Array, " m"], shift: Array) -> Float[Array, " m"]:
     """Solve `(A + shift·I) x = rhs` for PSD `A` by Cholesky, with a relative jitter."""
     scale = jnp.maximum(jnp.mean(jnp.diagonal(matrix)), 1.0)
-    regular = matrix + (shift + _jitter(matrix.dtype) * scale) * jnp.eye(matrix.shape[0], dtype=matrix.dtype)
+    jitter = _jitter(matrix.dtype, matrix.shape[0]) * scale
+    regular = matrix + (shift + jitter) * jnp.eye(matrix.shape[0], dtype=matrix.dtype)
     return jsl.cho_solve(jsl.cho_factor(regular, lower=True), rhs)
 
 
@@ -464,7 +469,10 @@ class AbstractFit(eqx.Module):
 
     def fit(self, Z: Float[ArrayLike, "n r"], y: Float[ArrayLike, " n"]) -> AbstractFittedLink:
         """The minimiser `f̂` of the objective on projected inputs `Z` `(n, r)` and labels
-        `y` `(n,)`, in closed form; differentiable in `Z`, `y` and the hyperparameters."""
+        `y` `(n,)`, in closed form; differentiable in `Z`, `y` and the hyperparameters.
+        The linear solve adds a jitter of `max(1e-12, m·eps)` (float32: `max(1e-6, m·eps)`)
+        times the mean diagonal (at least 1) of its `m × m` matrix, so a ridge below what the precision
+        resolves (`0`, say) gives the fit at that floor rather than `nan`."""
         raise NotImplementedError
 
     def objective(self, fitted: AbstractFittedLink, Z: Float[Array, "n r"], y: Float[Array, " n"]) -> Float[Array, ""]:
