@@ -25,7 +25,7 @@ from ._checks import MAX_DEGREE, MAX_LINK_SIZE, check_link_size
 from ._experiments import AbstractExperiment, FlowExperiment, ReducedExperiment
 from ._fast import AbstractRosenbrock, Rodas4, Rodas5
 from ._fits import RBF, AbstractFit, ArcCosine, HermiteFeatures, KernelRidge, Mehler, Polynomial, RandomFeatures
-from ._integrate import MAX_STEPS
+from ._integrate import MAX_SAVES, MAX_STEPS
 from ._link import Link
 
 __all__ = ["ConfigError", "load_config", "resolve_config", "build_link", "build_jobs", "CATALOGUE"]
@@ -612,8 +612,6 @@ def _check_d(value: Any, path: str, k: int, r: int, integer: bool) -> float | in
     return d
 
 
-MAX_SAVES = 2**20
-"""The most saves `time.num_saves` (each point's loss, singular values and overlap are kept at every save)."""
 MAX_FLOW_D = 2**24
 """The largest `d` of a flow: the compiled sweep carries `d` as a float, which float32 holds
 exactly only up to `2^24`."""

@@ -101,10 +101,15 @@ class Trajectory(eqx.Module):
         return self.status == Status.SUCCESS
 
 
+MAX_SAVES = 2**20
+"""The most saves `num_saves` of one trajectory (its loss, singular values and overlap
+are kept at every save; `10**30` failed deep inside JAX)."""
+
+
 def _check_saves(t1: float, t_min: float, num_saves: int) -> int:
     check_range("t_min", t_min, low=0.0, low_open=True)
     check_range("t1", t1, low=t_min, low_open=True)
-    return check_int("num_saves", num_saves, 2)
+    return check_int("num_saves", num_saves, 2, MAX_SAVES)
 
 
 def check_trajectory(trajectory: object) -> None:
@@ -118,8 +123,8 @@ MAX_STEPS = 2**31 - 1
 
 
 def check_time_grid(t1: float, t_min: float, num_saves: int, max_steps: int) -> int:
-    """Raise a `ValueError` naming the value unless `0 < t_min < t1`, `num_saves ≥ 2`
-    and `1 ≤ max_steps ≤ MAX_STEPS` (`t1` is checked only when concrete); return
+    """Raise a `ValueError` naming the value unless `0 < t_min < t1`, `2 ≤ num_saves ≤
+    MAX_SAVES` and `1 ≤ max_steps ≤ MAX_STEPS` (`t1` is checked only when concrete); return
     `max_steps` as an `int` (a NumPy integer would be traced by the solve)."""
     _check_saves(t1, t_min, num_saves)
     return check_int("max_steps", max_steps, 1, MAX_STEPS)

@@ -333,6 +333,9 @@ SIMULATE = [
     ("reduced-planted-ridge", lambda: mf.simulate_reduced(H2, M, 1.0, "planted", ridge=0.1), ["ridge=0.1"]),
     ("save-times-t1", lambda: mf.save_times(0.0, 4, 1e-2), ["`t1`", "0."]),
     ("save-times-num-saves", lambda: mf.save_times(1.0, 1, 1e-2), ["`num_saves`", "1"]),
+    # an MLIR `TypeError` before the cap
+    ("reduced-num-saves-huge", lambda: mf.simulate_reduced(H2, M, 1.0, num_saves=10**30), ["`num_saves`", "10000"]),
+    ("simulate-num-saves-huge", lambda: mf.simulate(FLOW, W, 1.0, num_saves=2**20 + 1), ["`num_saves`", "1048577"]),
     ("save-times-t-min", lambda: mf.save_times(1.0, 4, -1.0), ["`t_min`", "-1"]),
     ("save-times-t-min-above-t1", lambda: mf.save_times(1.0, 4, 2.0), ["`t1`", "(2.0, inf]"]),
     ("escape-times-trajectory", lambda: mf.escape_times("trajectory"), ["`trajectory`", "str"]),
