@@ -4,6 +4,7 @@ Checks on values run only on concrete arrays; inside `jit`/`vmap` the values are
 tracers, and what cannot be checked there is reported through a status instead.
 """
 
+import functools
 import math
 from numbers import Integral
 from typing import Any
@@ -112,12 +113,26 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return int(value)
 
 
+@functools.cache
+def _raw_key_shape(impl: str) -> tuple[int, ...]:
+    """The shape of a raw key of the default PRNG implementation (`(2,)` for threefry)."""
+    return jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """`value` as a `bool`; a `ValueError` naming `name` unless it is a Python or NumPy
+    bool (a string such as `"no"` is truthy, an easy mistake)."""
+    if not isinstance(value, bool | np.bool_):
+        raise ValueError(f"`{name}` must be True or False, got {value!r:.60}")
+    return bool(value)
+
+
 def check_key(name: str, key: Any) -> None:
     """Raise a `ValueError` naming `name` unless `key` is one JAX PRNG key: a typed key
     (`jax.random.key(seed)`) of shape `()` or a raw `uint32` key (`jax.random.PRNGKey(seed)`)."""
     dtype = getattr(key, "dtype", None)
     typed = dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and np.ndim(key) == 0
-    raw = dtype == np.uint32 and np.ndim(key) == 1
+    raw = dtype == np.uint32 and np.shape(key) == _raw_key_shape(jax.config.jax_default_prng_impl)
     if not (typed or raw):
         got = f"an array of dtype {dtype} and shape {np.shape(key)}" if dtype is not None else f"{key!r:.60}"
         raise ValueError(f"`{name}` must be one JAX PRNG key (jax.random.key(seed)), got {got}")

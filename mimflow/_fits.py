@@ -458,6 +458,8 @@ def _check_data(Z: Float[ArrayLike, "n r"], y: Float[ArrayLike, " n"]) -> tuple[
     Z, y = jnp.asarray(Z), jnp.asarray(y)
     if Z.ndim != 2 or y.ndim != 1 or Z.shape[0] != y.shape[0]:
         raise ValueError(f"need Z of shape (n, r) and y of shape (n,), got Z {Z.shape} and y {y.shape}")
+    if 0 in Z.shape:  # no rows fitted the zero function, with a `nan` objective
+        raise ValueError(f"need Z of shape (n, r) with n ≥ 1 and r ≥ 1, got Z {Z.shape}")
     return Z, y
 
 
@@ -471,8 +473,8 @@ class AbstractFit(eqx.Module):
         """The minimiser `f̂` of the objective on projected inputs `Z` `(n, r)` and labels
         `y` `(n,)`, in closed form; differentiable in `Z`, `y` and the hyperparameters.
         The linear solve adds a jitter of `max(1e-12, m·eps)` (float32: `max(1e-6, m·eps)`)
-        times the mean diagonal (at least 1) of its `m × m` matrix, so a ridge below what the precision
-        resolves (`0`, say) gives the fit at that floor rather than `nan`."""
+        times the mean diagonal (at least 1) of its `m × m` matrix, so a ridge below what
+        the precision resolves (`0`, say) gives the fit at that floor rather than `nan`."""
         raise NotImplementedError
 
     def objective(self, fitted: AbstractFittedLink, Z: Float[Array, "n r"], y: Float[Array, " n"]) -> Float[Array, ""]:

@@ -12,7 +12,7 @@ import numpy as np
 import optimistix as optx
 from jaxtyping import Array, ArrayLike, Bool, Float, Int, PyTree
 
-from ._checks import check_int, check_range, is_concrete, rounding_tolerance
+from ._checks import check_bool, check_int, check_range, is_concrete, rounding_tolerance
 from ._fast import AbstractRosenbrock, gram_eigenvalues, known_entries, solve_rosenbrock
 from ._link import Link
 from ._overlap import principal_cosines
@@ -569,6 +569,7 @@ def simulate_reduced(
     """
     prob = make_problem(link, problem, ridge=ridge, rho=rho)
     prob.check_overlap(M0, "M0")
+    steady_state = check_bool("steady_state", steady_state)
     max_steps = check_time_grid(t1, t_min, num_saves, max_steps)
     check_controls(None if isinstance(solver, AbstractRosenbrock) else solver, stepsize_controller, adjoint)
     M0 = jnp.asarray(M0, dtype=float)

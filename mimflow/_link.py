@@ -11,6 +11,8 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._checks import (
     MAX_DEGREE,
+    _short,
+    as_numbers,
     check_finite,
     check_int,
     check_link_size,
@@ -95,6 +97,8 @@ class Link(eqx.Module):
                 raise ValueError(f"`tensors[{j}]` must end in shape {(dim,) * j} (dim = {dim}), got shape {shape}")
             check_finite(f"tensors[{j}]", t)
         check_finite("residual", residual)
+        if is_concrete(residual) and np.any(as_numbers("residual", residual) < 0):
+            raise ValueError(f"`residual` must be ≥ 0 (it bounds E f² − Σ‖T_j‖²), got {_short(residual)}")
         self.tensors = {int(j): jnp.asarray(t) for j, t in sorted(tensors.items())}
         self.residual = jnp.asarray(residual)
         self.dim = dim

@@ -44,7 +44,7 @@ def sample_overlap(key: PRNGKeyArray, d: float | Float[ArrayLike, ""], k: int, r
 def principal_cosines(overlap: Float[Array, "*batch k r"]) -> Float[Array, "*batch p"]:
     """Singular values of `M`, largest first (`p = min(k, r)`): the cosines of the
     principal angles between span(W*) and span(W)."""
+    check_finite("overlap", overlap)  # first: a string or a ragged list gets its message
     if np.ndim(overlap) < 2:
         raise ValueError(f"`overlap` must have shape (..., k, r), got shape {np.shape(overlap)}")
-    check_finite("overlap", overlap)
     return jnp.linalg.svd(jnp.asarray(overlap), compute_uv=False)

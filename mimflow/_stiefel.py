@@ -39,12 +39,14 @@ def _qr_positive(matrix: Float[Array, "d r"]) -> Float[Array, "d r"]:
 
 
 def _check_step(W: ArrayLike, step: ArrayLike, name: str) -> tuple[Array, Array]:
-    """`W` and a direction `name` at it as arrays: `(d, r)`, the same shape, finite."""
+    """`W` and a direction `name` at it as arrays: `(d, r)`, the same shape, finite, and
+    `W` with orthonormal columns when concrete (the formulas hold on St(d, r) only)."""
     check_finite("W", W)
     check_finite(name, step)
     W, step = jnp.asarray(W), jnp.asarray(step)
     if W.ndim != 2 or step.shape != W.shape:
         raise ValueError(f"`W` must be a (d, r) matrix and `{name}` of its shape, got {W.shape} and {step.shape}")
+    check_orthonormal("W", W)
     return W, step
 
 
@@ -130,6 +132,7 @@ class Stiefel(eqx.Module):
     W: Float[Array, "d r"]
 
     def __init__(self, W: Float[ArrayLike, "d r"]):
+        check_finite("W", W)  # first: a string or a ragged list gets its message
         W = jnp.asarray(W, dtype=float)
         if W.ndim != 2:
             raise ValueError(f"`W` must be a (d, r) matrix, got shape {W.shape}")

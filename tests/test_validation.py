@@ -63,6 +63,7 @@ DIMS = [10.0, 100.0]
 
 LINKS = [
     ("hermite-degree-negative", lambda: links.hermite(-1), ["`degree`", "-1"]),
+    ("link-residual-negative", lambda: mf.Link({1: jnp.ones(1)}, 1, residual=-1.0), ["`residual`", "≥ 0", "-1."]),
     ("hermite-degree-float", lambda: links.hermite(2.5), ["`degree`", "2.5"]),
     ("hermite-degree-string", lambda: links.hermite("3"), ["`degree`", "'3'"]),
     ("hermite-degree-bool", lambda: links.hermite(True), ["`degree`", "True"]),
@@ -148,6 +149,14 @@ STIEFEL = [
     ("haar-d-float", lambda: mf.haar_stiefel(KEY, 3.0, 1), ["d=3.0"]),
     ("haar-r-zero", lambda: mf.haar_stiefel(KEY, 3, 0), ["r=0"]),
     ("haar-key", lambda: mf.haar_stiefel("seed", 3, 1), ["`key`", "'seed'"]),
+    # JAX's "invalid PRNG key data" before
+    ("haar-key-length", lambda: mf.haar_stiefel(jnp.arange(3, dtype=jnp.uint32), 3, 1), ["`key`", "(3,)"]),
+    # NumPy's messages before ("could not convert string to float", "inhomogeneous shape")
+    ("stiefel-string", lambda: mf.Stiefel("a"), ["`W`", "'a'"]),
+    ("principal-cosines-ragged", lambda: mf.principal_cosines([[1, 2], [3]]), ["`overlap`", "[[1, 2], [3]]"]),
+    # the formulas hold on St(d, r) only; both returned a result before
+    ("retract-point-off", lambda: mf.retract(2 * W, 0 * W), ["`W`", "orthonormal"]),
+    ("project-point-off", lambda: mf.project_tangent(2 * W, W, "grassmann"), ["`W`", "orthonormal"]),
     ("stiefel-orthonormal", lambda: mf.Stiefel(np.ones((4, 2))), ["`W`", "orthonormal"]),
     ("stiefel-nan", lambda: mf.Stiefel(np.full((4, 2), NAN)), ["`W`", "nan"]),
     ("stiefel-ndim", lambda: mf.Stiefel(np.ones(4)), ["`W`", "(4,)"]),
@@ -187,6 +196,9 @@ STIEFEL = [
 
 FITS = [
     ("mehler-rho-zero", lambda: mf.Mehler(0.0), ["`rho`", "0."]),
+    # the zero function, with a `nan` objective, before
+    ("fit-no-rows", lambda: mf.KernelRidge(mf.Mehler()).fit(jnp.zeros((0, 2)), jnp.zeros(0)), ["n ≥ 1", "(0, 2)"]),
+    ("fit-no-columns", lambda: mf.HermiteFeatures(2).fit(jnp.zeros((3, 0)), jnp.zeros(3)), ["r ≥ 1", "(3, 0)"]),
     ("mehler-rho-one", lambda: mf.Mehler(1.0), ["`rho`", "< 1", "1.0"]),
     ("mehler-rho-string", lambda: mf.Mehler("0.5"), ["`rho`", "'0.5'"]),
     ("mehler-rho-array", lambda: mf.Mehler(jnp.array([0.5, 0.6])), ["`rho`", "scalar", "(2,)"]),
@@ -351,6 +363,12 @@ SIMULATE = [
 
 REDUCED_PROBLEMS = [
     ("make-problem-link", lambda: mf.make_problem("h2"), ["`link`", "str"]),
+    # a string is truthy: "no" ran with the steady-state stop on
+    (
+        "reduced-steady-state-string",
+        lambda: mf.simulate_reduced(H2, M, 1.0, steady_state="no"),
+        ["`steady_state`", "'no'"],
+    ),
     ("make-problem-problem", lambda: mf.make_problem(H2, "flat"), ["`problem`", "'flat'"]),
     # a problem object carries its link and shrinkage: values beside it would be ignored
     ("make-problem-ridge-beside-object", lambda: mf.make_problem(mf.TwoTimescale(H2), ridge=5.0), ["`ridge`", "5.0"]),
