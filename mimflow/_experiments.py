@@ -155,17 +155,26 @@ class AbstractExperiment(eqx.Module):
                 inside = inside & ~bad(values[name])
         return inside
 
-    def _stand_in_tolerances(self, point: Point, inside: Bool[Array, ""]) -> dict[str, Array | Link]:
-        """`point` with the step controller's tolerances (its own or the experiment's)
-        replaced by `default_tolerances` where `inside` is false: a run from a `nan` start
-        still takes steps (the default solver integrates a finite stand-in), and with a
-        tolerance it cannot meet (`atol = 0` on the stand-in `0`) it took all `max_steps`,
-        holding up its whole batch."""
+    def _stand_in_values(self) -> dict[str, float]:
+        """Values in the domain of each axis, for `_stand_in`."""
+        rtol, atol = default_tolerances(jnp.result_type(float))
+        return {"seed": 0, "ridge": 1.0, "rho": 0.5, "noise": 0.0, "rtol": rtol, "atol": atol}
+
+    def _stand_in(
+        self, point: Point, inside: Bool[Array, ""], names: Sequence[str] | None = None
+    ) -> dict[str, Array | Link]:
+        """`point` with its values (`_point_values`: its own and the experiment's defaults;
+        only those of `names` if given) replaced by ones in the domain (`_stand_in_values`)
+        where `inside` is false, for a run then reported `Status.NON_FINITE`."""
+        stand_ins = self._stand_in_values()
         replaced = dict(point)
-        for name, default in zip(("rtol", "atol"), default_tolerances(jnp.result_type(float)), strict=True):
-            value = point.get(name, getattr(self, name))
+        for name, value in self._point_values(point).items():
+            if names is not None and name not in names:
+                continue
             if name in point or not is_concrete(value):  # concrete defaults were checked in `__init__`
-                replaced[name] = jnp.where(inside, value, default)
+                # a seed keeps its type (`uint32` from `grid_points`: float32 rounds seeds above 2²⁴)
+                value = value if name == "seed" else jnp.asarray(value, dtype=float)
+                replaced[name] = jnp.where(inside, value, stand_ins[name])
         return replaced
 
     def save_times(self) -> Float[Array, " n"]:
@@ -329,7 +338,9 @@ class ReducedExperiment(AbstractExperiment):
         inside = self.in_domain(point)
         if inside is not None:  # traced values outside their domain: a `nan` start, `Status.NON_FINITE`
             overlap0 = jnp.where(inside, overlap0, jnp.nan)
-            point = self._stand_in_tolerances(point, inside)
+            # the default solver still steps from a `nan` start (on a finite stand-in): with a
+            # tolerance it cannot meet (`atol = 0` on the stand-in `0`) it took all `max_steps`
+            point = self._stand_in(point, inside, ("rtol", "atol"))
         if self.problem == "planted":
             problem = make_problem(link, "planted")
         else:
@@ -556,22 +567,11 @@ class FlowExperiment(AbstractExperiment):
         )
         return trajectory if inside is None else _non_finite_unless(inside, trajectory)
 
-    def _stand_in(self, point: Point, inside: Bool[Array, ""]) -> dict[str, Array | Link]:
-        """`point` with every value (`_point_values`: its own and the experiment's defaults)
-        replaced by one in the domain where `inside` is false, for a run then reported
-        `Status.NON_FINITE` (`_non_finite_unless`). Not a `nan` start, as in
-        `ReducedExperiment`: a `d` of `0` or a negative ridge gives a `nan` step size,
-        and a run on it takes all `max_steps`, holding up its batch."""
-        rtol, atol = default_tolerances(jnp.result_type(float))
-        stand_ins = {"seed": 0, "d": float(self.d_max), "ridge": 1.0, "rho": 0.5, "noise": 0.0}
-        stand_ins.update(rtol=rtol, atol=atol)
-        replaced = dict(point)
-        for name, value in self._point_values(point).items():
-            if name in point or not is_concrete(value):  # concrete defaults were checked in `__init__`
-                # a seed keeps its type (`uint32` from `grid_points`: float32 rounds seeds above 2²⁴)
-                value = value if name == "seed" else jnp.asarray(value, dtype=float)
-                replaced[name] = jnp.where(inside, value, stand_ins[name])
-        return replaced
+    def _stand_in_values(self):
+        # every value is replaced, not the start set to `nan` as in `ReducedExperiment`: a `d`
+        # of `0` or a negative ridge gives a `nan` step size, and a run on it takes all
+        # `max_steps`, holding up its batch
+        return {**super()._stand_in_values(), "d": float(self.d_max)}
 
     def controller(self, point: Point) -> diffrax.AbstractStepSizeController:
         """The step controller of a point: `simulate`'s default (PID, steps ending on the

@@ -163,14 +163,16 @@ def save_times(t1: float | Float[Array, ""], num_saves: int, t_min: float) -> Fl
     return ts
 
 
-def _solvable(ts: Float[Array, " n"]) -> Float[Array, " n"]:
-    """`ts`, or where a traced `t1` outside its domain left them `nan` (`save_times`), a
-    stand-in grid `[0, …, 1]` that diffrax and `solve_rosenbrock` accept (decreasing or
-    `nan` save times raised inside the solve, killing a whole batch). The run on it is
-    reported `Status.NON_FINITE` by its caller; its saves are not kept."""
-    if is_concrete(ts):
+def _solvable(ts: Float[Array, " n"], inside: Bool[Array, ""] | None = None) -> Float[Array, " n"]:
+    """`ts`, or where a traced `t1` outside its domain left them `nan` (`save_times`), or
+    where `inside` (the run's other inputs in their domain) is false, a short stand-in grid
+    `[0, …, 1]` that diffrax and `solve_rosenbrock` accept (decreasing or `nan` save times
+    raised inside the solve, killing a whole batch). The run on it is reported
+    `Status.NON_FINITE` by its caller; its saves are not kept."""
+    if is_concrete((ts, inside)):
         return ts
-    return jnp.where(jnp.isfinite(ts).all(), ts, jnp.linspace(0.0, 1.0, ts.shape[0], dtype=ts.dtype))
+    valid = jnp.isfinite(ts).all() if inside is None else inside & jnp.isfinite(ts).all()
+    return jnp.where(valid, ts, jnp.linspace(0.0, 1.0, ts.shape[0], dtype=ts.dtype))
 
 
 def default_tolerances(dtype: jnp.dtype) -> tuple[float, float]:

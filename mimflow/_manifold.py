@@ -15,6 +15,7 @@ from ._integrate import (
     Trajectory,
     _ForwardingSolver,
     _non_finite_unless,
+    _solvable,
     _status,
     check_controls,
     check_time_grid,
@@ -188,7 +189,7 @@ def simulate(
         error = jnp.max(jnp.abs(gram - eye[: W0.shape[1]]))
         inside = (error <= rounding_tolerance(np.zeros((), W0.dtype))) & jnp.isfinite(ts).all()
         W0 = jnp.where(inside, W0, eye)
-        solve_ts = jnp.where(inside, ts, jnp.linspace(0.0, 1.0, ts.shape[0], dtype=ts.dtype))
+        solve_ts = _solvable(ts, inside)
     if stepsize_controller is None:
         stepsize_controller = default_controller(solve_ts)
     trajectory = _solve(flow, W0, solve_ts, solver, stepsize_controller, dt0, max_steps, test)
