@@ -115,7 +115,8 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
 
 @functools.cache
 def _raw_key_shape(impl: str) -> tuple[int, ...]:
-    """The shape of a raw key of the default PRNG implementation (`(2,)` for threefry)."""
+    """The shape of a raw key of the default PRNG implementation `impl` (`(2,)` for
+    threefry; the argument keys the cache, as the default can be changed)."""
     return jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape
 
 
